@@ -1,0 +1,147 @@
+package opstate
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+var (
+	rs1 = netip.MustParseAddrPort("198.18.1.65:80")
+	rs2 = netip.MustParseAddrPort("198.18.1.66:80")
+)
+
+func fixedClock(t time.Time) func() time.Time { return func() time.Time { return t } }
+
+func TestPutPersistsAndReopens(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "runtime.json")
+	s, err := Open("dir-a", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(Record{Service: "web", Backend: rs1, Admin: Drained}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(Record{Service: "web", Backend: rs2, Added: true, Weight: 3}); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open("dir-a", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := s2.Records()
+	if len(got) != 2 || got[0].Admin != Drained || !got[1].Added || got[1].Weight != 3 {
+		t.Fatalf("reopened records = %+v", got)
+	}
+	if s.Digest() != s2.Digest() {
+		t.Error("digest differs after reopen")
+	}
+}
+
+func TestLocalWritesSortAfterEverythingSeen(t *testing.T) {
+	// A peer whose clock runs ahead wrote first; our later write must still win.
+	now := time.Unix(1000, 0)
+	a, _ := Open("dir-a", "", WithClock(fixedClock(now)))
+	remote := Record{Service: "web", Backend: rs1, Admin: Disabled, Version: Version{Wall: now.Add(time.Hour).UnixNano(), Node: "dir-b"}}
+	if ch, err := a.Merge([]Record{remote}); err != nil || len(ch) != 1 {
+		t.Fatalf("merge changed %v, err %v", ch, err)
+	}
+	r, err := a.Put(Record{Service: "web", Backend: rs1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !remote.Version.Less(r.Version) {
+		t.Fatalf("local version %+v does not sort after remote %+v", r.Version, remote.Version)
+	}
+	got, _ := a.Get(Key{"web", rs1})
+	if got.Admin != AdminNone {
+		t.Fatalf("admin = %q, want cleared", got.Admin)
+	}
+}
+
+func TestMergeIsLastWriterWinsAndConverges(t *testing.T) {
+	t0 := time.Unix(2000, 0)
+	a, _ := Open("dir-a", "", WithClock(fixedClock(t0)))
+	b, _ := Open("dir-b", "", WithClock(fixedClock(t0))) // same wall time: node name breaks the tie
+	ra, _ := a.Put(Record{Service: "web", Backend: rs1, Admin: Drained})
+	rb, _ := b.Put(Record{Service: "web", Backend: rs1, Admin: Disabled})
+	if _, err := a.Merge([]Record{rb}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Merge([]Record{ra}); err != nil {
+		t.Fatal(err)
+	}
+	ga, _ := a.Get(Key{"web", rs1})
+	gb, _ := b.Get(Key{"web", rs1})
+	if ga != gb || ga.Admin != Disabled {
+		t.Fatalf("replicas diverge or wrong winner: a=%+v b=%+v", ga, gb)
+	}
+	if a.Digest() != b.Digest() {
+		t.Fatal("digests differ after convergence")
+	}
+	// Re-merging an old record changes nothing.
+	if ch, _ := a.Merge([]Record{ra}); len(ch) != 0 {
+		t.Fatalf("stale merge changed %v", ch)
+	}
+}
+
+func TestMergeSkipsInvalidRecords(t *testing.T) {
+	s, _ := Open("dir-a", "")
+	ch, err := s.Merge([]Record{{Service: "", Backend: rs1}, {Service: "web"}})
+	if err != nil || len(ch) != 0 || len(s.Records()) != 0 {
+		t.Fatalf("invalid records were merged: %v %v %v", ch, err, s.Records())
+	}
+}
+
+func TestPutRejectsIncompleteRecord(t *testing.T) {
+	s, _ := Open("dir-a", "")
+	if _, err := s.Put(Record{Service: "web"}); err == nil {
+		t.Fatal("want an error for a record without backend")
+	}
+}
+
+func TestPutPersistFailureChangesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open("dir-a", filepath.Join(dir, "sub", "runtime.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(Record{Service: "web", Backend: rs1, Admin: Drained}); err == nil {
+		t.Fatal("want a persistence error: the directory does not exist")
+	}
+	if len(s.Records()) != 0 {
+		t.Fatalf("failed put left %v", s.Records())
+	}
+}
+
+func TestOpenRejectsCorruptFile(t *testing.T) {
+	for name, content := range map[string]string{
+		"not json":      "{",
+		"wrong format":  `{"format":7,"records":[]}`,
+		"unknown admin": `{"format":1,"records":[{"service":"web","backend":"198.18.1.65:80","admin":"sleeping","version":{"wall":1,"node":"a"}}]}`,
+		"no backend":    `{"format":1,"records":[{"service":"web","version":{"wall":1,"node":"a"}}]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "runtime.json")
+			if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Open("dir-a", p); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
+
+func TestForService(t *testing.T) {
+	s, _ := Open("dir-a", "")
+	s.Put(Record{Service: "web", Backend: rs2, Admin: Drained})
+	s.Put(Record{Service: "ssh", Backend: rs1, Admin: Disabled})
+	s.Put(Record{Service: "web", Backend: rs1, Removed: true})
+	got := s.ForService("web")
+	if len(got) != 2 || got[0].Backend != rs1 || got[1].Backend != rs2 {
+		t.Fatalf("ForService(web) = %+v", got)
+	}
+}
