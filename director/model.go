@@ -162,7 +162,11 @@ const (
 )
 
 func (k OpKind) String() string {
-	return [...]string{"?", "add-service", "update-service", "del-service", "add-dest", "update-dest", "del-dest"}[k]
+	names := [...]string{"?", "add-service", "update-service", "del-service", "add-dest", "update-dest", "del-dest"}
+	if int(k) >= len(names) || k == 0 {
+		return fmt.Sprintf("op(%d)", uint8(k))
+	}
+	return names[k]
 }
 
 // Op is one IPVS write. Dest is meaningful only for destination ops.
@@ -170,4 +174,98 @@ type Op struct {
 	Kind    OpKind
 	Service Service
 	Dest    Destination
+}
+
+// Compare orders service keys by family, fwmark, protocol, address and port,
+// so that ops and logs come out in a stable order.
+func (k ServiceKey) Compare(o ServiceKey) int {
+	switch {
+	case k.Family != o.Family:
+		return cmpInt(int(k.Family), int(o.Family))
+	case k.FWMark != o.FWMark:
+		return cmpInt(int(k.FWMark), int(o.FWMark))
+	case k.Protocol != o.Protocol:
+		return cmpInt(int(k.Protocol), int(o.Protocol))
+	}
+	if c := k.Address.Compare(o.Address); c != 0 {
+		return c
+	}
+	return cmpInt(int(k.Port), int(o.Port))
+}
+
+// Compare orders destination keys by address, then port.
+func (k DestKey) Compare(o DestKey) int {
+	if c := k.Address.Compare(o.Address); c != 0 {
+		return c
+	}
+	return cmpInt(int(k.Port), int(o.Port))
+}
+
+func cmpInt(a, b int) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// numOpKinds sizes arrays indexed by OpKind.
+const numOpKinds = int(OpDelDest) + 1
+
+// OpCounts counts writes by kind; index it with an OpKind.
+type OpCounts [numOpKinds]uint64
+
+// Total is the sum over all kinds.
+func (c OpCounts) Total() uint64 {
+	var n uint64
+	for _, v := range c {
+		n += v
+	}
+	return n
+}
+
+func (c OpCounts) String() string {
+	s := ""
+	for k := OpAddService; k <= OpDelDest; k++ {
+		if c[k] == 0 {
+			continue
+		}
+		if s != "" {
+			s += " "
+		}
+		s += fmt.Sprintf("%s=%d", k, c[k])
+	}
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// String describes the write for logs and errors, e.g.
+// "update-dest 198.18.2.1:80 (weight 2, dr) in tcp:198.18.1.100:80".
+func (o Op) String() string {
+	switch o.Kind {
+	case OpAddService, OpUpdateService:
+		return fmt.Sprintf("%s %s (%s)", o.Kind, o.Service.Key, o.Service.describe())
+	case OpDelService:
+		return fmt.Sprintf("%s %s", o.Kind, o.Service.Key)
+	case OpAddDest, OpUpdateDest:
+		return fmt.Sprintf("%s %s (weight %d, %s) in %s", o.Kind, o.Dest.Key, o.Dest.Weight, o.Dest.Forward, o.Service.Key)
+	case OpDelDest:
+		return fmt.Sprintf("%s %s in %s", o.Kind, o.Dest.Key, o.Service.Key)
+	}
+	return fmt.Sprintf("op(%d) %s", uint8(o.Kind), o.Service.Key)
+}
+
+func (s Service) describe() string {
+	d := "scheduler " + s.Scheduler
+	if s.Flags&FlagPersistent != 0 {
+		d += fmt.Sprintf(", persistent %s", s.Timeout)
+	}
+	if s.Flags&FlagOnePacket != 0 {
+		d += ", one-packet"
+	}
+	return d
 }
