@@ -259,4 +259,3 @@ func TestHelperClient(t *testing.T) {
 	_, err := NewUnixClient(path).Status(context.Background())
 	fmt.Printf("RESULT: %v\n", err)
 }
-
