@@ -1,0 +1,112 @@
+package vrrp
+
+import (
+	"bytes"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func sampleHeartbeat() Heartbeat {
+	return Heartbeat{
+		Name: "dir-a", Boot: 0xdeadbeefcafef00d, Seq: 42, Releasing: true,
+		Groups: map[string]GroupView{
+			"web": {Candidate: true, Priority: 150, Claim: true, Vote: "dir-a"},
+			"db":  {Candidate: true, Priority: 100, Fault: true, Want: true},
+			"x":   {Vote: "dir-b"},
+		},
+		Digest: []byte{1, 2, 3},
+	}
+}
+
+func TestHeartbeatRoundTrip(t *testing.T) {
+	h := sampleHeartbeat()
+	b, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Heartbeat
+	if err := got.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, h) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, h)
+	}
+	b2, _ := got.MarshalBinary()
+	if !bytes.Equal(b, b2) {
+		t.Fatal("encoding is not deterministic")
+	}
+	var empty Heartbeat
+	if err := empty.UnmarshalBinary(mustMarshal(t, Heartbeat{Name: "w"})); err != nil || empty.Name != "w" || empty.Groups != nil || empty.Digest != nil {
+		t.Fatalf("minimal heartbeat: %+v %v", empty, err)
+	}
+}
+
+func mustMarshal(t *testing.T, h Heartbeat) []byte {
+	t.Helper()
+	b, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestHeartbeatRejectsBadInput(t *testing.T) {
+	good := mustMarshal(t, sampleHeartbeat())
+	for name, c := range map[string]struct {
+		b    []byte
+		want string
+	}{
+		"empty":     {nil, "truncated in kind"},
+		"user msg":  {[]byte{msgUser, 1}, "kind"},
+		"version":   {append([]byte{msgHeartbeat, 9}, good[2:]...), "version 9"},
+		"truncated": {good[:len(good)-2], "truncated"},
+		"trailing":  {append(append([]byte(nil), good...), 0), "trailing"},
+		"no name":   {mustMarshalRaw(func(b []byte) []byte { return b[:19] }, good, []byte{0, 0, 0}), "name"},
+	} {
+		var h Heartbeat
+		err := h.UnmarshalBinary(c.b)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want error containing %q", name, err, c.want)
+		}
+	}
+	for name, h := range map[string]Heartbeat{
+		"no name":      {},
+		"long name":    {Name: strings.Repeat("n", 65)},
+		"big digest":   {Name: "a", Digest: make([]byte, maxDigest+1)},
+		"blank group":  {Name: "a", Groups: map[string]GroupView{"": {}}},
+		"long vote":    {Name: "a", Groups: map[string]GroupView{"g": {Vote: strings.Repeat("v", 65)}}},
+		"space in grp": {Name: "a", Groups: map[string]GroupView{"g 1": {}}},
+	} {
+		if _, err := h.MarshalBinary(); err == nil {
+			t.Errorf("%s: marshalled without error", name)
+		}
+	}
+}
+
+// mustMarshalRaw splices a prefix of good with tail, to build malformed input.
+func mustMarshalRaw(cut func([]byte) []byte, good, tail []byte) []byte {
+	return append(append([]byte(nil), cut(good)...), tail...)
+}
+
+func FuzzHeartbeatUnmarshal(f *testing.F) {
+	h := sampleHeartbeat()
+	b, _ := h.MarshalBinary()
+	f.Add(b)
+	f.Add([]byte{msgHeartbeat, heartbeatVersion})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var h Heartbeat
+		if err := h.UnmarshalBinary(b); err != nil {
+			return
+		}
+		// Whatever decodes must re-encode to a heartbeat that decodes the same.
+		b2, err := h.MarshalBinary()
+		if err != nil {
+			t.Fatalf("decoded heartbeat does not re-encode: %v", err)
+		}
+		var h2 Heartbeat
+		if err := h2.UnmarshalBinary(b2); err != nil || !reflect.DeepEqual(h, h2) {
+			t.Fatalf("re-decode mismatch: %v", err)
+		}
+	})
+}
