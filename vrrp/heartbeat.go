@@ -223,4 +223,3 @@ func (r *reader) string(what string, max int) string {
 	}
 	return string(r.take(int(n), what))
 }
-
