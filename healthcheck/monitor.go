@@ -1,0 +1,498 @@
+package healthcheck
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Key identifies one check: a backend of a service. The same real server in
+// two services is checked twice, once per service's spec.
+type Key struct {
+	Service string
+	Backend netip.AddrPort
+}
+
+func (k Key) String() string { return k.Service + "/" + k.Backend.String() }
+
+// Check is one check the Monitor should run. The target is the backend's
+// address with Spec.Port, if set, replacing the backend's port.
+type Check struct {
+	Key  Key
+	Spec Spec
+}
+
+func (c Check) target(s Spec) Target {
+	t := Target{Addr: c.Key.Backend.Addr(), Port: c.Key.Backend.Port()}
+	if s.Port != 0 {
+		t.Port = s.Port
+	}
+	return t
+}
+
+// Status is the current view of one check.
+type Status struct {
+	Key         Key
+	State       State
+	Weight      int // last dynamic weight, NoWeight if none
+	Successes   int // consecutive
+	Failures    int // consecutive
+	Reason      string
+	LastCheck   time.Time // zero until the first result
+	LastLatency time.Duration
+	Since       time.Time // when State was entered (or the check added)
+	Checks      uint64    // results so far
+}
+
+// Options configure a Monitor. The zero value works.
+type Options struct {
+	Logger *slog.Logger // default slog.Default()
+	// OnTransition, if set, receives every event in order from a single
+	// goroutine. It may be slow: the checkers never wait for it. While it
+	// lags, pending events for the same check are coalesced into one whose
+	// From is what the consumer saw last and whose To is the current state
+	// (so From == To means the backend went away and came back), which keeps
+	// the backlog bounded by the number of checks.
+	OnTransition func(Event)
+	History      *History // default NewHistory(DefaultHistory)
+	// MaxInFlight bounds concurrently running checks; default 8192.
+	MaxInFlight int
+}
+
+// batchWindow lets the scheduler start every check due within this window
+// in one wake-up: 10,000 checks a second then cost hundreds of timer
+// wake-ups instead of 10,000, for at most this much lateness.
+const batchWindow = 2 * time.Millisecond
+
+// Monitor runs checks on a schedule kept in one min-heap, served by one
+// timer goroutine; each due check runs on its own short-lived goroutine, so
+// idle checks cost a heap slot, not a sleeping goroutine and a timer.
+type Monitor struct {
+	log     *slog.Logger
+	history *History
+	notify  *notifier
+	ctx     context.Context
+	cancel  context.CancelFunc
+	sem     chan struct{}
+	wake    chan struct{}
+	wg      sync.WaitGroup // scheduler, dispatcher and running checks
+	checks  atomic.Uint64
+	closed  sync.Once
+	upd     sync.Mutex // serialises Update
+
+	mu      sync.Mutex
+	entries map[Key]*entry
+	queue   entryHeap
+	timerAt time.Time // when the scheduler means to wake next
+	done    bool
+}
+
+type entry struct {
+	key     Key
+	spec    Spec // with defaults
+	checker Checker
+	target  Target
+	tr      *Tracker
+	next    time.Time
+	idx     int // heap index, -1 while running or removed
+	running bool
+	removed bool
+	status  Status
+}
+
+// NewMonitor starts an empty monitor; feed it with Update, stop it with
+// Close.
+func NewMonitor(opts Options) *Monitor {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.History == nil {
+		opts.History = NewHistory(DefaultHistory)
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 8192
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Monitor{
+		log:     opts.Logger,
+		history: opts.History,
+		ctx:     ctx,
+		cancel:  cancel,
+		sem:     make(chan struct{}, opts.MaxInFlight),
+		wake:    make(chan struct{}, 1),
+		entries: make(map[Key]*entry),
+	}
+	if opts.OnTransition != nil {
+		m.notify = newNotifier(opts.OnTransition)
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.notify.run(ctx) }()
+	}
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.schedule() }()
+	return m
+}
+
+// History returns the event history (the daemon adds quorum events to it).
+func (m *Monitor) History() *History { return m.history }
+
+// Events is History().Events.
+func (m *Monitor) Events(since uint64, limit int) []Event { return m.history.Events(since, limit) }
+
+// ChecksRun returns how many checks have completed since the start.
+func (m *Monitor) ChecksRun() uint64 { return m.checks.Load() }
+
+// Update makes the set of checks equal to checks. Unchanged checks keep
+// their state, counters and timers; changed ones get a new checker and
+// restart their counters and timers (initial delay included) but keep their
+// up/down state, so a reload that edits a check never yanks a healthy
+// backend; removed ones stop (a running check's result is dropped). Nothing
+// is applied unless every check is valid; errors name the check and field.
+func (m *Monitor) Update(checks []Check) error {
+	type prepared struct {
+		c       Check
+		spec    Spec
+		checker Checker
+	}
+	m.upd.Lock()
+	defer m.upd.Unlock()
+	m.mu.Lock()
+	if m.done {
+		m.mu.Unlock()
+		return errors.New("healthcheck: update after close")
+	}
+	existing := make(map[Key]Spec, len(m.entries))
+	for k, e := range m.entries {
+		existing[k] = e.spec
+	}
+	m.mu.Unlock()
+
+	// Build checkers outside the lock; one per distinct spec.
+	var errs []error
+	built := make(map[string]Checker)
+	seen := make(map[Key]bool, len(checks))
+	preps := make([]prepared, 0, len(checks))
+	for _, c := range checks {
+		if seen[c.Key] {
+			errs = append(errs, fmt.Errorf("check %s: listed twice", c.Key))
+			continue
+		}
+		seen[c.Key] = true
+		if !c.Key.Backend.IsValid() {
+			errs = append(errs, fmt.Errorf("check %s: invalid backend address", c.Key))
+			continue
+		}
+		spec := c.Spec.WithDefaults()
+		p := prepared{c: c, spec: spec}
+		if old, ok := existing[c.Key]; ok && reflect.DeepEqual(old, spec) {
+			preps = append(preps, p) // unchanged: keeps its checker
+			continue
+		}
+		if spec.NeedsPort() && c.target(spec).Port == 0 {
+			errs = append(errs, fmt.Errorf("check %s: %w", c.Key,
+				fieldErr("port", "backend port is 0; set the check's port")))
+			continue
+		}
+		fp, err := json.Marshal(spec)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("check %s: %w", c.Key, err))
+			continue
+		}
+		if p.checker = built[string(fp)]; p.checker == nil {
+			if p.checker, err = New(spec); err != nil {
+				errs = append(errs, fmt.Errorf("check %s: %w", c.Key, err))
+				continue
+			}
+			built[string(fp)] = p.checker
+		}
+		preps = append(preps, p)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.done {
+		return errors.New("healthcheck: update after close")
+	}
+	now := time.Now()
+	for k, e := range m.entries {
+		if !seen[k] {
+			m.drop(e)
+		}
+	}
+	for _, p := range preps {
+		old := m.entries[p.c.Key]
+		if old != nil && reflect.DeepEqual(old.spec, p.spec) {
+			continue
+		}
+		e := &entry{
+			key:     p.c.Key,
+			spec:    p.spec,
+			checker: p.checker,
+			target:  p.c.target(p.spec),
+			tr:      NewTracker(p.spec),
+			idx:     -1,
+		}
+		if old != nil {
+			e.tr.carry(old.tr)
+			e.status = old.status
+			m.drop(old)
+		} else {
+			e.status = Status{Key: e.key, Since: now}
+		}
+		e.status.State, e.status.Weight = e.tr.State(), e.tr.Weight()
+		e.status.Successes, e.status.Failures = 0, 0
+		var jitter time.Duration
+		if p.spec.InitialDelay > 0 {
+			jitter = rand.N(p.spec.InitialDelay)
+		}
+		e.next = now.Add(jitter)
+		m.entries[e.key] = e
+		m.push(e)
+	}
+	return nil
+}
+
+// drop forgets e; called with mu held.
+func (m *Monitor) drop(e *entry) {
+	e.removed = true
+	if e.idx >= 0 {
+		heap.Remove(&m.queue, e.idx)
+	}
+	if m.entries[e.key] == e {
+		delete(m.entries, e.key)
+	}
+}
+
+// push schedules e and wakes the scheduler if e is due before it planned
+// to wake; called with mu held.
+func (m *Monitor) push(e *entry) {
+	heap.Push(&m.queue, e)
+	if m.timerAt.IsZero() || e.next.Before(m.timerAt) {
+		m.timerAt = e.next
+		select {
+		case m.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Status returns the current status of one check.
+func (m *Monitor) Status(k Key) (Status, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.entries[k]
+	if !ok {
+		return Status{}, false
+	}
+	return e.status, true
+}
+
+// Statuses returns every check's status, sorted by service then backend.
+func (m *Monitor) Statuses() []Status {
+	m.mu.Lock()
+	out := make([]Status, 0, len(m.entries))
+	for _, e := range m.entries {
+		out = append(out, e.status)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(out, func(a, b Status) int {
+		return cmp.Or(cmp.Compare(a.Key.Service, b.Key.Service), a.Key.Backend.Compare(b.Key.Backend))
+	})
+	return out
+}
+
+// Close stops every check and waits for running ones and the transition
+// consumer to return. Pending undelivered transitions are dropped.
+func (m *Monitor) Close() error {
+	m.closed.Do(func() {
+		m.mu.Lock()
+		m.done = true
+		m.mu.Unlock()
+		m.cancel()
+		m.wg.Wait()
+	})
+	return nil
+}
+
+// schedule is the single timer loop: start what is due, sleep until the
+// earliest next check or a wake-up from push.
+func (m *Monitor) schedule() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var due []*entry
+	for {
+		m.mu.Lock()
+		now := time.Now()
+		horizon := now.Add(batchWindow)
+		due = due[:0]
+		for len(m.queue) > 0 && !m.queue[0].next.After(horizon) {
+			e := heap.Pop(&m.queue).(*entry)
+			e.running = true
+			due = append(due, e)
+		}
+		wait := time.Hour
+		m.timerAt = time.Time{}
+		if len(m.queue) > 0 {
+			m.timerAt = m.queue[0].next
+			wait = m.timerAt.Sub(now)
+		}
+		m.mu.Unlock()
+
+		for _, e := range due {
+			select {
+			case m.sem <- struct{}{}:
+			case <-m.ctx.Done():
+				return
+			}
+			m.wg.Add(1)
+			go m.run(e)
+		}
+		timer.Reset(wait)
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-timer.C:
+		case <-m.wake:
+		}
+	}
+}
+
+// run performs one check and folds in its result.
+func (m *Monitor) run(e *entry) {
+	defer m.wg.Done()
+	planned := e.next
+	res := e.checker.Check(m.ctx, e.target)
+	<-m.sem
+	if m.ctx.Err() != nil {
+		return // closing: the result says nothing about the backend
+	}
+	done := time.Now()
+	m.checks.Add(1)
+
+	m.mu.Lock()
+	e.running = false
+	if e.removed {
+		m.mu.Unlock()
+		return
+	}
+	next, ch, changed := e.tr.Observe(planned, done, res)
+	st := &e.status
+	st.Checks++
+	st.Successes, st.Failures = ch.Successes, ch.Failures
+	st.Reason, st.LastCheck, st.LastLatency = ch.Reason, done, res.Latency
+	st.State, st.Weight = ch.To, ch.ToWeight
+	if ch.StateChanged() {
+		st.Since = done
+	}
+	e.next = next
+	m.push(e)
+	var ev Event
+	if changed {
+		kind := KindHealth
+		if !ch.StateChanged() {
+			kind = KindWeight
+		}
+		ev = m.history.Add(Event{
+			Time: done, Kind: kind, Service: e.key.Service, Backend: e.key.Backend,
+			From: ch.From, To: ch.To, Reason: ch.Reason,
+			Successes: ch.Successes, Failures: ch.Failures, Weight: ch.ToWeight,
+		})
+		if m.notify != nil {
+			m.notify.add(e.key, ev)
+		}
+	}
+	m.mu.Unlock()
+
+	if changed {
+		m.log.LogAttrs(m.ctx, slog.LevelInfo, "backend health changed", ev.LogAttrs()...)
+	}
+}
+
+// entryHeap orders entries by next check time.
+type entryHeap []*entry
+
+func (h entryHeap) Len() int           { return len(h) }
+func (h entryHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h entryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *entryHeap) Push(x any) {
+	e := x.(*entry)
+	e.idx = len(*h)
+	*h = append(*h, e)
+}
+func (h *entryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.idx = -1
+	*h = old[:len(old)-1]
+	return e
+}
+
+// notifier hands events to a consumer without ever blocking the producer;
+// events for a check still waiting in the queue are merged.
+type notifier struct {
+	fn     func(Event)
+	signal chan struct{}
+
+	mu      sync.Mutex
+	queue   []Event
+	pending map[Key]int // index in queue
+}
+
+func newNotifier(fn func(Event)) *notifier {
+	return &notifier{fn: fn, signal: make(chan struct{}, 1), pending: make(map[Key]int)}
+}
+
+func (n *notifier) add(k Key, ev Event) {
+	n.mu.Lock()
+	if i, ok := n.pending[k]; ok {
+		from := n.queue[i].From
+		n.queue[i] = ev
+		n.queue[i].From = from
+	} else {
+		n.pending[k] = len(n.queue)
+		n.queue = append(n.queue, ev)
+	}
+	n.mu.Unlock()
+	select {
+	case n.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (n *notifier) run(ctx context.Context) {
+	var batch []Event
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.signal:
+		}
+		n.mu.Lock()
+		batch, n.queue = n.queue, batch[:0]
+		clear(n.pending)
+		n.mu.Unlock()
+		for _, ev := range batch {
+			if ctx.Err() != nil {
+				return
+			}
+			n.fn(ev)
+		}
+	}
+}
