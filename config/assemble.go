@@ -1,0 +1,213 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+)
+
+// assemble merges the files' fragments into one Config and runs the checks
+// that span files or touch the disk. Cached fragments are shared, so it
+// copies what it changes (vip groups, track scripts) and never writes to a
+// fragment's services.
+func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
+	mainFrag := frags[0]
+	cfg := &Config{File: mainFrag.file}
+	allSyntaxOK := true
+	for _, f := range frags {
+		cfg.Files = append(cfg.Files, f.file)
+		e.list = append(e.list, f.errs...)
+		allSyntaxOK = allSyntaxOK && f.syntaxOK
+		if f != mainFrag && f.hasMain {
+			e.at(f.main.first, "[node], [ipvs], [cluster], [control] and [metrics] belong in the main config file (%s), not in an included file", mainFrag.file)
+		}
+	}
+	m := mainFrag.main
+	if m == nil { // the main file had a syntax error before anything
+		m = decodeFile(mainFrag.file, nil).main
+	}
+	cfg.Node, cfg.IPVS, cfg.Control, cfg.Metrics = m.node, m.ipvs, m.control, m.metrics
+
+	if cfg.Node.Name == "" {
+		hostname := l.Hostname
+		if hostname == nil {
+			hostname = os.Hostname
+		}
+		h, err := hostname()
+		if err != nil || !validName(h) {
+			e.at(Pos{File: mainFrag.file}, "node.name is not set and the host name is unusable (%v): set node.name", err)
+		}
+		cfg.Node.Name = h
+	}
+	if cfg.IPVS.Sync.Interface == "" {
+		cfg.IPVS.Sync.Interface = cfg.Node.Interface
+	}
+	if cfg.IPVS.Sync.Enabled && cfg.IPVS.Sync.Interface == "" {
+		e.at(m.syncIfP, "ipvs.sync.interface is required when sync is enabled (or set node.interface)")
+	}
+	if m.cluster != nil {
+		c := *m.cluster
+		cfg.Cluster = &c
+		if len(c.Members) > 0 && !slices.Contains(c.Members, cfg.Node.Name) {
+			p := c.Pos
+			if m.nodeNameP.IsValid() {
+				p = m.nodeNameP
+			}
+			e.at(p, "node name %q is not in cluster.members (%s)", cfg.Node.Name, strings.Join(c.Members, ", "))
+		}
+		if c.KeyFile != "" {
+			kp := m.clusterAt.get("key_file", c.Pos)
+			b, err := os.ReadFile(c.KeyFile)
+			if err != nil {
+				e.at(kp, "cluster.key_file: cannot read %s: %v", c.KeyFile, bare(err))
+			} else if key, ok := decodeKey(b); ok {
+				c.Key = key
+			} else {
+				e.at(kp, "cluster.key_file: %s must hold a 32-byte key, raw or base64 (it has %d bytes)", c.KeyFile, len(b))
+			}
+		}
+	}
+	if tf := cfg.Control.TokenFile; tf != "" {
+		if st, err := os.Stat(tf); err != nil {
+			e.at(m.tokenP, "control.token_file: cannot read %s: %v", tf, bare(err))
+		} else if st.Size() == 0 {
+			e.at(m.tokenP, "control.token_file: %s is empty", tf)
+		}
+	}
+	checked := map[string]bool{}
+	for _, f := range frags {
+		for _, ref := range f.fileRefs {
+			if checked[ref.path] {
+				continue
+			}
+			checked[ref.path] = true
+			if _, err := os.Stat(ref.path); err != nil {
+				e.at(ref.pos, "%s: cannot read %s: %v", ref.key, ref.path, bare(err))
+			}
+		}
+	}
+
+	// Track scripts.
+	scripts := map[string]*TrackScript{}
+	for _, f := range frags {
+		for _, ts := range f.trackScripts {
+			if first, dup := scripts[ts.Name]; dup {
+				e.at(ts.Pos, "duplicate track_script %q (first at %s)", ts.Name, first.Pos)
+				continue
+			}
+			scripts[ts.Name] = ts
+			cfg.TrackScripts = append(cfg.TrackScripts, ts)
+		}
+	}
+
+	// Services: names, kernel identities, marks.
+	names := make(map[string]*Service)
+	keys := make(map[VirtualKey]*Service)
+	type markKey struct {
+		proto Protocol
+		dst   netip.Prefix
+		port  uint16
+	}
+	marks := map[markKey]*Service{}
+	n := 0
+	for _, f := range frags {
+		n += len(f.services)
+	}
+	cfg.Services = make([]*Service, 0, n)
+	for _, f := range frags {
+		for _, s := range f.services {
+			cfg.Services = append(cfg.Services, s)
+			if first, dup := names[s.Name]; dup {
+				e.at(s.PosOf("name"), "duplicate service name %q (first at %s)", s.Name, first.PosOf("name"))
+			} else {
+				names[s.Name] = s
+			}
+			if s.Family == "" || (s.FWMark == 0 && !s.Address.IsValid()) {
+				continue // identity already reported as broken
+			}
+			k := s.Key()
+			if first, dup := keys[k]; dup {
+				p := s.PosOf("address")
+				if s.FWMark != 0 {
+					p = s.PosOf("fwmark")
+				}
+				e.at(p, "service %q duplicates virtual service %s of service %q (at %s)", s.Name, k, first.Name, first.Pos)
+			} else {
+				keys[k] = s
+			}
+			if s.Mark != nil && s.Mark.Destination.IsValid() {
+				ports := s.Mark.Ports
+				if len(ports) == 0 {
+					ports = []uint16{0}
+				}
+				for _, port := range ports {
+					mk := markKey{s.Mark.Protocol, s.Mark.Destination, port}
+					if first, dup := marks[mk]; dup && first != s {
+						e.at(s.Mark.Pos, "service %q marks the same traffic (%s %s port %d) as service %q (at %s)",
+							s.Name, mk.proto, mk.dst, port, first.Name, first.Mark.Pos)
+						break
+					}
+					marks[mk] = s
+				}
+			}
+		}
+	}
+
+	// VIP groups: copies, since defaults from [node] are filled in here.
+	groups := map[string]*VIPGroup{}
+	owner := map[netip.Addr]*VIPGroup{}
+	for _, f := range frags {
+		for _, fg := range f.vipGroups {
+			g := *fg
+			if first, dup := groups[g.Name]; dup {
+				e.at(g.PosOf("name"), "duplicate vip_group %q (first at %s)", g.Name, first.PosOf("name"))
+				continue
+			}
+			groups[g.Name] = &g
+			if g.Interface == "" {
+				g.Interface = cfg.Node.Interface
+			}
+			if g.Interface == "" {
+				e.at(g.Pos, "vip_group %q needs an interface (or set node.interface)", g.Name)
+			}
+			for i, a := range g.Addresses {
+				if first, dup := owner[a.Addr()]; dup {
+					e.at(g.PosOf(fmt.Sprintf("addresses[%d]", i)), "address %s is in vip_group %q and %q (at %s): an address belongs to one group",
+						a.Addr(), first.Name, g.Name, first.Pos)
+					continue
+				}
+				owner[a.Addr()] = &g
+			}
+			g.TrackScripts = slices.Clone(g.TrackScripts)
+			for i := range g.TrackScripts {
+				ref := &g.TrackScripts[i]
+				ts, ok := scripts[ref.Name]
+				switch {
+				case !ok && allSyntaxOK:
+					e.at(ref.Pos, "vip_group %q tracks unknown track_script %q", g.Name, ref.Name)
+				case ok && ref.Weight == noWeight:
+					ref.Weight = ts.Weight
+				}
+				if ref.Weight == noWeight {
+					ref.Weight = 0
+				}
+			}
+			for _, ref := range g.TrackServices {
+				if _, ok := names[ref.Name]; !ok && allSyntaxOK {
+					e.at(ref.Pos, "vip_group %q tracks unknown service %q", g.Name, ref.Name)
+				}
+			}
+			cfg.VIPGroups = append(cfg.VIPGroups, &g)
+		}
+	}
+	if allSyntaxOK {
+		for _, s := range cfg.Services {
+			if s.Group != "" && groups[s.Group] == nil {
+				e.at(s.PosOf("group"), "service %q follows unknown vip_group %q", s.Name, s.Group)
+			}
+		}
+	}
+	return cfg
+}

@@ -1,0 +1,271 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// reader reads the keys of one table with type checks, reporting every
+// problem at the key's position. Keys never asked for are reported by done
+// as unknown, with a suggestion when one of the known keys is close.
+type reader struct {
+	src   *source
+	e     *errs
+	t     *table
+	off   uint32 // where the table starts (its header, or its key)
+	where string // for messages: "service", "service.check", ...
+	asked []string
+}
+
+func (r *reader) get(key string) *value {
+	r.asked = append(r.asked, key)
+	if r.t == nil {
+		return nil
+	}
+	v := r.t.vals[key]
+	if v != nil {
+		v.used = true
+	}
+	return v
+}
+
+// has reports whether key is set, without marking it read.
+func (r *reader) has(key string) bool { return r.t != nil && r.t.vals[key] != nil }
+
+// pos is the position of key, or of the table when key is absent.
+func (r *reader) pos(key string) Pos {
+	if r.t != nil {
+		if v := r.t.vals[key]; v != nil {
+			return r.src.pos(v.keyOff)
+		}
+	}
+	return r.tablePos()
+}
+
+// tablePos is the position of the table's header (or key).
+func (r *reader) tablePos() Pos { return r.src.pos(r.off) }
+
+func (r *reader) errorf(v *value, format string, args ...any) {
+	r.e.at(r.src.pos(v.keyOff), format, args...)
+}
+
+func (r *reader) name(key string) string {
+	if r.where == "" {
+		return key
+	}
+	return r.where + "." + key
+}
+
+func (r *reader) typeErr(key string, v *value, want string) {
+	r.errorf(v, "%s: want %s, got %s", r.name(key), want, v.kind)
+}
+
+func (r *reader) str(key string) (string, bool) {
+	v := r.get(key)
+	if v == nil {
+		return "", false
+	}
+	if v.kind != kString {
+		r.typeErr(key, v, "a string")
+		return "", false
+	}
+	return v.str, true
+}
+
+func (r *reader) boolean(key string, def bool) bool {
+	v := r.get(key)
+	if v == nil {
+		return def
+	}
+	if v.kind != kBool {
+		r.typeErr(key, v, "true or false")
+		return def
+	}
+	return v.b
+}
+
+// integer reads an integer within [lo, hi].
+func (r *reader) integer(key string, lo, hi int64) (int64, bool) {
+	v := r.get(key)
+	if v == nil {
+		return 0, false
+	}
+	if v.kind != kInt {
+		r.typeErr(key, v, "an integer")
+		return 0, false
+	}
+	if v.num < lo || v.num > hi {
+		r.errorf(v, "%s: %d is out of range %d..%d", r.name(key), v.num, lo, hi)
+		return 0, false
+	}
+	return v.num, true
+}
+
+func (r *reader) intOr(key string, lo, hi, def int64) int64 {
+	if n, ok := r.integer(key, lo, hi); ok {
+		return n
+	}
+	return def
+}
+
+// duration reads a Go duration string ("500ms", "6m"); negative ones are
+// refused.
+func (r *reader) duration(key string) (time.Duration, bool) {
+	v := r.get(key)
+	if v == nil {
+		return 0, false
+	}
+	if v.kind != kString {
+		r.errorf(v, "%s: want a duration string such as \"500ms\" or \"6m\", got %s", r.name(key), v.kind)
+		return 0, false
+	}
+	d, err := time.ParseDuration(v.str)
+	if err != nil {
+		r.errorf(v, "%s: invalid duration %q (want e.g. \"500ms\", \"6m\")", r.name(key), v.str)
+		return 0, false
+	}
+	if d < 0 {
+		r.errorf(v, "%s: duration %q must not be negative", r.name(key), v.str)
+		return 0, false
+	}
+	return d, true
+}
+
+func (r *reader) durationOr(key string, def time.Duration) time.Duration {
+	if d, ok := r.duration(key); ok {
+		return d
+	}
+	return def
+}
+
+// strs reads an array of strings.
+func (r *reader) strs(key string) ([]string, bool) {
+	v := r.get(key)
+	if v == nil {
+		return nil, false
+	}
+	if v.kind != kArray {
+		r.typeErr(key, v, "an array of strings")
+		return nil, false
+	}
+	out := make([]string, 0, len(v.arr))
+	ok := true
+	for i, e := range v.arr {
+		if e.kind != kString {
+			r.e.at(r.src.pos(e.off), "%s[%d]: want a string, got %s", r.name(key), i, e.kind)
+			ok = false
+			continue
+		}
+		out = append(out, e.str)
+	}
+	return out, ok
+}
+
+// elems reads an array and returns its elements (for mixed or custom types).
+func (r *reader) elems(key string) ([]*value, bool) {
+	v := r.get(key)
+	if v == nil {
+		return nil, false
+	}
+	if v.kind != kArray {
+		r.typeErr(key, v, "an array")
+		return nil, false
+	}
+	return v.arr, true
+}
+
+// sub returns a reader for a sub-table; its table is nil when absent.
+func (r *reader) sub(key string) *reader {
+	s := &reader{src: r.src, e: r.e, where: r.name(key), off: r.off}
+	v := r.get(key)
+	if v == nil {
+		return s
+	}
+	if v.kind != kTable {
+		r.typeErr(key, v, "a table")
+		return s
+	}
+	s.t, s.off = v.tab, v.off
+	return s
+}
+
+// tables returns the tables of an array of tables (written as [[key]] or
+// as an array of inline tables) and the offset of each.
+func (r *reader) tables(key string) []*value {
+	v := r.get(key)
+	if v == nil {
+		return nil
+	}
+	if v.kind != kArray {
+		r.typeErr(key, v, "an array of tables")
+		return nil
+	}
+	out := make([]*value, 0, len(v.arr))
+	for i, e := range v.arr {
+		if e.kind != kTable {
+			r.e.at(r.src.pos(e.off), "%s[%d]: want a table, got %s", r.name(key), i, e.kind)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// at returns a reader for a table value from tables.
+func (r *reader) at(key string, v *value) *reader {
+	return &reader{src: r.src, e: r.e, t: v.tab, off: v.off, where: r.name(key)}
+}
+
+// done reports keys of the table that were never asked for.
+func (r *reader) done() {
+	if r.t == nil {
+		return
+	}
+	for _, k := range r.t.keys {
+		v := r.t.vals[k]
+		if v.used {
+			continue
+		}
+		msg := fmt.Sprintf("unknown key %q", r.name(k))
+		if s := closest(k, r.asked); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		r.errorf(v, "%s", msg)
+	}
+}
+
+// closest returns the candidate nearest to k when it is a likely typo.
+func closest(k string, candidates []string) string {
+	best, bestD := "", math.MaxInt
+	for _, c := range candidates {
+		if d := editDistance(strings.ToLower(k), c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	if bestD <= max(1, len(k)/3) {
+		return best
+	}
+	return ""
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,375 @@
+package config
+
+import (
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// This file turns TOML text into a tree of values that remember where they
+// came from. BurntSushi/toml (and go-toml's decoder) keep key positions
+// private and, for arrays of tables, keyed without the element index, so they
+// cannot point a semantic error at "the weight of the 7th backend". go-toml's
+// unstable parser gives every key and value its byte range; on top of it this
+// file applies TOML's table rules (duplicate keys, table redefinition, dotted
+// keys, arrays of tables, closed inline tables). tree_test.go checks these
+// rules against BurntSushi/toml on the same inputs.
+
+type kind uint8
+
+const (
+	kString kind = iota + 1
+	kInt
+	kFloat
+	kBool
+	kDatetime
+	kArray
+	kTable
+)
+
+func (k kind) String() string {
+	return [...]string{"?", "string", "integer", "float", "boolean", "datetime", "array", "table"}[k]
+}
+
+type value struct {
+	kind   kind
+	aot    bool   // array created by [[header]] (only those may be extended)
+	used   bool   // read by the decoder; unread keys are unknown keys
+	off    uint32 // byte offset of the value (of the header for tables from one)
+	keyOff uint32 // byte offset of the key naming this value; = off for array elements
+	str    string // kString; raw text for kFloat and kDatetime
+	num    int64
+	b      bool
+	arr    []*value
+	tab    *table
+}
+
+// how a table came to exist; decides which later definitions are allowed.
+type how uint8
+
+const (
+	hImplicit how = iota + 1 // intermediate of a [a.b.c] header
+	hHeader                  // [header], [[header]] element or the root
+	hDotted                  // created by a dotted key a.b = 1
+	hClosed                  // inline table, or any table inside a value: never extended
+)
+
+type table struct {
+	keys []string
+	vals map[string]*value
+	how  how
+}
+
+func newTable(h how) *table { return &table{vals: make(map[string]*value, 4), how: h} }
+
+func (t *table) set(k string, v *value) {
+	t.keys = append(t.keys, k)
+	t.vals[k] = v
+}
+
+// source is one file's text with a lazily built line index for positions.
+type source struct {
+	file       string
+	data       []byte
+	lineStarts []int
+}
+
+func (s *source) pos(off uint32) Pos {
+	if s.lineStarts == nil {
+		s.lineStarts = append(make([]int, 0, 64), 0)
+		for i, c := range s.data {
+			if c == '\n' {
+				s.lineStarts = append(s.lineStarts, i+1)
+			}
+		}
+	}
+	o := min(int(off), len(s.data))
+	line, found := slices.BinarySearch(s.lineStarts, o)
+	if !found {
+		line--
+	}
+	col := utf8.RuneCount(s.data[s.lineStarts[line]:o]) + 1
+	return Pos{File: s.file, Line: line + 1, Col: col}
+}
+
+// treeBuilder applies one file's expressions to its root table.
+type treeBuilder struct {
+	src  *source
+	p    *unstable.Parser
+	root *table
+	cur  *table
+	errs *errs
+}
+
+// parseTree parses a file. It returns false when a syntax error stopped the
+// parse (the tree then holds only what came before it). Violations of TOML's
+// table rules are reported and the offending expression is skipped, so more
+// than one can be reported per file.
+func parseTree(src *source, e *errs) (*table, bool) {
+	b := &treeBuilder{src: src, p: &unstable.Parser{}, root: newTable(hHeader), errs: e}
+	b.cur = b.root
+	b.p.Reset(src.data)
+	for b.p.NextExpression() {
+		expr := b.p.Expression()
+		switch expr.Kind {
+		case unstable.KeyValue:
+			b.keyValue(b.cur, expr)
+		case unstable.Table, unstable.ArrayTable:
+			b.header(expr)
+		}
+	}
+	if err := b.p.Error(); err != nil {
+		off := uint32(len(src.data))
+		var perr *unstable.ParserError
+		if errors.As(err, &perr) && perr.Highlight != nil {
+			off = b.p.Range(perr.Highlight).Offset
+		}
+		b.errs.at(src.pos(off), "TOML syntax: %s", err.Error())
+		return b.root, false
+	}
+	return b.root, true
+}
+
+type keyPart struct {
+	name string
+	off  uint32
+}
+
+func (b *treeBuilder) keyParts(n *unstable.Node) []keyPart {
+	var parts []keyPart
+	it := n.Key()
+	for it.Next() {
+		k := it.Node()
+		parts = append(parts, keyPart{name: string(k.Data), off: k.Raw.Offset})
+	}
+	return parts
+}
+
+func dotted(parts []keyPart) string {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = p.name
+	}
+	return strings.Join(names, ".")
+}
+
+// headerOffset finds the '[' that opens a header whose first key is at keyOff.
+func (b *treeBuilder) headerOffset(keyOff uint32) uint32 {
+	o := int(keyOff)
+	for o > 0 {
+		c := b.src.data[o-1]
+		if c != ' ' && c != '\t' && c != '[' {
+			break
+		}
+		o--
+	}
+	return uint32(o)
+}
+
+func (b *treeBuilder) fail(off uint32, format string, args ...any) {
+	b.errs.at(b.src.pos(off), format, args...)
+}
+
+// descend walks from t through the intermediate keys of a header or dotted
+// key, creating tables of kind h where missing. It returns nil on error.
+func (b *treeBuilder) descend(t *table, parts []keyPart, h how) *table {
+	for i, p := range parts {
+		v, ok := t.vals[p.name]
+		if !ok {
+			nt := newTable(h)
+			t.set(p.name, &value{kind: kTable, tab: nt, off: p.off, keyOff: p.off})
+			t = nt
+			continue
+		}
+		switch {
+		case v.kind == kTable && v.tab.how != hClosed && (h != hDotted || v.tab.how == hDotted):
+			t = v.tab
+		case v.kind == kArray && v.aot && h != hDotted:
+			t = v.arr[len(v.arr)-1].tab
+		default:
+			b.fail(p.off, "cannot use %q as a table: it is already defined as %s at %s",
+				dotted(parts[:i+1]), describe(v), b.src.pos(v.keyOff))
+			return nil
+		}
+	}
+	return t
+}
+
+func describe(v *value) string {
+	switch {
+	case v.kind == kTable && v.tab.how == hClosed:
+		return "an inline table"
+	case v.kind == kTable && v.tab.how == hDotted:
+		return "a table (by dotted keys)"
+	case v.kind == kTable:
+		return "a table"
+	case v.aot:
+		return "an array of tables"
+	case v.kind == kInt:
+		return "an integer"
+	case v.kind == kArray:
+		return "an array"
+	}
+	return "a " + v.kind.String()
+}
+
+// discard receives the keys of a header that could not be applied, so they
+// do not land in (and confuse) the previous table.
+func (b *treeBuilder) discard() { b.cur = newTable(hHeader) }
+
+func (b *treeBuilder) header(n *unstable.Node) {
+	parts := b.keyParts(n)
+	hoff := b.headerOffset(parts[0].off)
+	parent := b.descend(b.root, parts[:len(parts)-1], hImplicit)
+	if parent == nil {
+		b.discard()
+		return
+	}
+	last := parts[len(parts)-1]
+	name := dotted(parts)
+	v, exists := parent.vals[last.name]
+	if n.Kind == unstable.ArrayTable {
+		nt := newTable(hHeader)
+		elem := &value{kind: kTable, tab: nt, off: hoff, keyOff: hoff}
+		switch {
+		case !exists:
+			parent.set(last.name, &value{kind: kArray, aot: true, arr: []*value{elem}, off: hoff, keyOff: hoff})
+		case v.aot:
+			v.arr = append(v.arr, elem)
+		default:
+			b.fail(last.off, "cannot define [[%s]]: %q is already %s at %s", name, name, describe(v), b.src.pos(v.keyOff))
+			b.discard()
+			return
+		}
+		b.cur = nt
+		return
+	}
+	switch {
+	case !exists:
+		nt := newTable(hHeader)
+		parent.set(last.name, &value{kind: kTable, tab: nt, off: hoff, keyOff: hoff})
+		b.cur = nt
+	case v.kind == kTable && v.tab.how == hImplicit:
+		v.tab.how = hHeader
+		v.off, v.keyOff = hoff, hoff
+		b.cur = v.tab
+	default:
+		b.fail(last.off, "cannot define [%s]: it is already %s at %s", name, describe(v), b.src.pos(v.keyOff))
+		b.discard()
+	}
+}
+
+// keyValue applies `a.b.c = value` to t.
+func (b *treeBuilder) keyValue(t *table, n *unstable.Node) {
+	parts := b.keyParts(n)
+	parent := b.descend(t, parts[:len(parts)-1], hDotted)
+	if parent == nil {
+		return
+	}
+	last := parts[len(parts)-1]
+	if prev, dup := parent.vals[last.name]; dup {
+		b.fail(last.off, "duplicate key %q (first defined at %s)", dotted(parts), b.src.pos(prev.keyOff))
+		return
+	}
+	v := b.value(n.Value())
+	if v == nil {
+		return
+	}
+	v.keyOff = parts[0].off
+	parent.set(last.name, v)
+}
+
+// value converts a value node; nil after reporting an error.
+func (b *treeBuilder) value(n *unstable.Node) *value {
+	v := &value{off: n.Raw.Offset}
+	v.keyOff = v.off
+	switch n.Kind {
+	case unstable.String:
+		v.kind, v.str = kString, string(n.Data)
+	case unstable.Bool:
+		v.kind, v.b = kBool, n.Data[0] == 't'
+	case unstable.Integer:
+		i, err := parseInt(string(n.Data))
+		if err != nil {
+			b.fail(v.off, "integer %s does not fit in 64 bits", n.Data)
+			return nil
+		}
+		v.kind, v.num = kInt, i
+	case unstable.Float:
+		v.kind, v.str = kFloat, string(n.Data)
+	case unstable.LocalDate, unstable.LocalTime, unstable.LocalDateTime, unstable.DateTime:
+		v.kind, v.str = kDatetime, string(n.Data)
+	case unstable.Array:
+		v.kind = kArray
+		it := n.Children()
+		for it.Next() {
+			c := it.Node()
+			if c.Kind == unstable.Comment {
+				continue
+			}
+			e := b.value(c)
+			if e == nil {
+				return nil
+			}
+			v.arr = append(v.arr, e)
+		}
+	case unstable.InlineTable:
+		v.kind = kTable
+		v.tab = newTable(hDotted)
+		it := n.Children()
+		for it.Next() {
+			if c := it.Node(); c.Kind == unstable.KeyValue {
+				before := len(b.errs.list)
+				b.keyValue(v.tab, c)
+				if len(b.errs.list) != before {
+					return nil
+				}
+			}
+		}
+		closeTable(v.tab)
+	default:
+		b.fail(v.off, "unsupported TOML value (%s)", n.Kind)
+		return nil
+	}
+	return v
+}
+
+// closeTable marks an inline table and everything inside it as final.
+func closeTable(t *table) {
+	t.how = hClosed
+	for _, v := range t.vals {
+		closeValue(v)
+	}
+}
+
+func closeValue(v *value) {
+	switch v.kind {
+	case kTable:
+		closeTable(v.tab)
+	case kArray:
+		for _, e := range v.arr {
+			closeValue(e)
+		}
+	}
+}
+
+// parseInt parses a TOML integer the parser has already checked for syntax
+// (sign, radix prefix, underscores, no leading zeros).
+func parseInt(s string) (int64, error) {
+	s = strings.ReplaceAll(s, "_", "")
+	if len(s) > 2 && s[0] == '0' {
+		switch s[1] {
+		case 'x':
+			return strconv.ParseInt(s[2:], 16, 64)
+		case 'o':
+			return strconv.ParseInt(s[2:], 8, 64)
+		case 'b':
+			return strconv.ParseInt(s[2:], 2, 64)
+		}
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
