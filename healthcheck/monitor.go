@@ -68,6 +68,8 @@ type Options struct {
 	History      *History // default NewHistory(DefaultHistory)
 	// MaxInFlight bounds concurrently running checks; default 8192.
 	MaxInFlight int
+	// NewChecker builds checkers; default New. Tests substitute fakes.
+	NewChecker func(Spec) (Checker, error)
 }
 
 // batchWindow lets the scheduler start every check due within this window
@@ -80,6 +82,7 @@ const batchWindow = 2 * time.Millisecond
 // idle checks cost a heap slot, not a sleeping goroutine and a timer.
 type Monitor struct {
 	log     *slog.Logger
+	build   func(Spec) (Checker, error)
 	history *History
 	notify  *notifier
 	ctx     context.Context
@@ -123,9 +126,13 @@ func NewMonitor(opts Options) *Monitor {
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 8192
 	}
+	if opts.NewChecker == nil {
+		opts.NewChecker = New
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Monitor{
 		log:     opts.Logger,
+		build:   opts.NewChecker,
 		history: opts.History,
 		ctx:     ctx,
 		cancel:  cancel,
@@ -198,6 +205,10 @@ func (m *Monitor) Update(checks []Check) error {
 			preps = append(preps, p) // unchanged: keeps its checker
 			continue
 		}
+		if terrs := spec.validateTiming(); len(terrs) > 0 {
+			errs = append(errs, fmt.Errorf("check %s: %w", c.Key, errors.Join(terrs...)))
+			continue
+		}
 		if spec.NeedsPort() && c.target(spec).Port == 0 {
 			errs = append(errs, fmt.Errorf("check %s: %w", c.Key,
 				fieldErr("port", "backend port is 0; set the check's port")))
@@ -209,7 +220,7 @@ func (m *Monitor) Update(checks []Check) error {
 			continue
 		}
 		if p.checker = built[string(fp)]; p.checker == nil {
-			if p.checker, err = New(spec); err != nil {
+			if p.checker, err = m.build(spec); err != nil {
 				errs = append(errs, fmt.Errorf("check %s: %w", c.Key, err))
 				continue
 			}
