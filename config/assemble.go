@@ -59,7 +59,7 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 		}
 		if c.KeyFile != "" {
 			kp := m.clusterAt.get("key_file", c.Pos)
-			b, err := os.ReadFile(c.KeyFile)
+			b, err := l.files().readFile(c.KeyFile, 4096)
 			if err != nil {
 				e.at(kp, "cluster.key_file: cannot read %s: %v", c.KeyFile, bare(err))
 			} else if key, ok := decodeKey(b); ok {
@@ -70,9 +70,9 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 		}
 	}
 	if tf := cfg.Control.TokenFile; tf != "" {
-		if st, err := os.Stat(tf); err != nil {
+		if id, _, err := l.files().stat(tf); err != nil {
 			e.at(m.tokenP, "control.token_file: cannot read %s: %v", tf, bare(err))
-		} else if st.Size() == 0 {
+		} else if id.size == 0 {
 			e.at(m.tokenP, "control.token_file: %s is empty", tf)
 		}
 	}
@@ -83,7 +83,7 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 				continue
 			}
 			checked[ref.path] = true
-			if _, err := os.Stat(ref.path); err != nil {
+			if _, _, err := l.files().stat(ref.path); err != nil {
 				e.at(ref.pos, "%s: cannot read %s: %v", ref.key, ref.path, bare(err))
 			}
 		}

@@ -42,8 +42,10 @@ func (c *Check) needsPort() bool {
 	return false
 }
 
-// check decodes a check table; a missing table means no health check.
-func (d *decoder) check(r *reader) *Check {
+// check decodes a check table; a missing table means no health check. own
+// is the table whose keys must suit the type: a backend override that
+// changes the type drops inherited keys the new type does not use.
+func (d *decoder) check(r *reader, own *table) *Check {
 	c := &Check{Type: CheckNone, Pos: r.tablePos()}
 	if r.t == nil {
 		c.Interval, c.Timeout = DefaultCheckInterval, DefaultCheckInterval/2
@@ -159,7 +161,8 @@ func (d *decoder) check(r *reader) *Check {
 	if typeOK {
 		allowed := checkKeys[c.Type]
 		for _, k := range r.t.keys {
-			if !slices.Contains(commonCheckKeys, k) && !slices.Contains(allowed, k) && slices.Contains(r.asked, k) {
+			mine := own == nil || own.vals[k] == r.t.vals[k]
+			if mine && !slices.Contains(commonCheckKeys, k) && !slices.Contains(allowed, k) && slices.Contains(r.asked, k) {
 				d.e.at(r.pos(k), "%s is not used by %s checks", r.name(k), c.Type)
 			}
 		}

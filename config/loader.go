@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -26,6 +27,53 @@ type Loader struct {
 
 	mu    sync.Mutex
 	cache map[string]cached
+	fs    fileSystem // nil: the real one; tests use an in-memory one
+}
+
+// fileSystem is what loading reads: config files, globs and the files the
+// config names (keys, tokens, CAs).
+type fileSystem interface {
+	stat(path string) (id fileID, isDir bool, err error)
+	readFile(path string, limit int64) ([]byte, error)
+	glob(pattern string) ([]string, error)
+}
+
+type osFS struct{}
+
+func (osFS) stat(path string) (fileID, bool, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileID{}, false, err
+	}
+	id := fileID{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ctime = st.Ctim.Nano()
+		id.ino, id.dev = st.Ino, uint64(st.Dev)
+	}
+	return id, fi.IsDir(), nil
+}
+
+// readFile reads at most limit bytes (0: no limit), so a key_file pointing
+// at something huge cannot stall a load.
+func (osFS) readFile(path string, limit int64) ([]byte, error) {
+	if limit == 0 {
+		return os.ReadFile(path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+func (osFS) glob(pattern string) ([]string, error) { return filepath.Glob(pattern) }
+
+func (l *Loader) files() fileSystem {
+	if l.fs == nil {
+		return osFS{}
+	}
+	return l.fs
 }
 
 type cached struct {
@@ -40,19 +88,6 @@ type fileID struct {
 	size         int64
 	mtime, ctime int64
 	ino, dev     uint64
-}
-
-func statID(path string) (fileID, fs.FileInfo, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileID{}, nil, err
-	}
-	id := fileID{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		id.ctime = st.Ctim.Nano()
-		id.ino, id.dev = st.Ino, uint64(st.Dev)
-	}
-	return id, fi, nil
 }
 
 // Load loads path like the package-level Load, reusing cached files.
@@ -83,7 +118,7 @@ func (l *Loader) Load(path string) (*Config, error) {
 		next[file] = cached{id: id, frag: frag}
 		frags = append(frags, frag)
 		for _, inc := range frag.includes {
-			matches, err := filepath.Glob(inc.pattern)
+			matches, err := l.files().glob(inc.pattern)
 			if err != nil {
 				e.at(inc.pos, "include %q: %v", inc.pattern, err)
 				continue
@@ -110,17 +145,17 @@ func (l *Loader) Load(path string) (*Config, error) {
 
 // file returns the decoded file, from the cache when unchanged.
 func (l *Loader) file(path string) (*fragment, fileID, error) {
-	id, fi, err := statID(path)
+	id, isDir, err := l.files().stat(path)
 	if err != nil {
 		return nil, id, bare(err)
 	}
-	if fi.IsDir() {
+	if isDir {
 		return nil, id, errors.New("is a directory")
 	}
 	if c, ok := l.cache[path]; ok && c.id == id {
 		return c.frag, id, nil
 	}
-	data, err := os.ReadFile(path)
+	data, err := l.files().readFile(path, 0)
 	if err != nil {
 		return nil, id, bare(err)
 	}

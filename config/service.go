@@ -164,7 +164,7 @@ func (d *decoder) service(r *reader) *Service {
 	}
 
 	// Port 0 is a "catch all ports" service; ipvsadm only allows it with persistence.
-	if !isFWM && s.Address.IsValid() && s.Port == 0 && !persWanted {
+	if !isFWM && s.Address.IsValid() && s.Port == 0 && !persWanted && (hasPort || !r.has("port")) {
 		p := r.pos("port")
 		if !hasPort {
 			p = s.Pos
@@ -217,7 +217,7 @@ func (d *decoder) service(r *reader) *Service {
 
 	cr := r.sub("check")
 	checkTable := cr.t
-	s.Check = d.check(cr)
+	s.Check = d.check(cr, nil)
 
 	seen := make(map[netip.AddrPort]Pos)
 	for _, v := range r.tables("backend") {
@@ -417,7 +417,8 @@ func (d *decoder) backend(r *reader, s *Service, label string, checkTable *table
 		if v.kind != kTable {
 			r.typeErr("check", v, "a table")
 		} else {
-			b.Check = d.check(&reader{src: d.src, e: d.e, t: mergeTables(checkTable, v.tab), off: v.off, where: "service.backend.check"})
+			mr := &reader{src: d.src, e: d.e, t: mergeTables(checkTable, v.tab), off: v.off, where: "service.backend.check"}
+			b.Check = d.check(mr, v.tab)
 		}
 	}
 	if ok && b.Address.IsValid() {

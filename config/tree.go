@@ -126,7 +126,11 @@ func parseTree(src *source, e *errs) (*table, bool) {
 		off := uint32(len(src.data))
 		var perr *unstable.ParserError
 		if errors.As(err, &perr) && perr.Highlight != nil {
-			off = b.p.Range(perr.Highlight).Offset
+			// The highlight is a sub-slice of the input; its offset follows
+			// from the capacities (checked, so a foreign slice cannot panic).
+			if o := cap(src.data) - cap(perr.Highlight); o >= 0 && o <= len(src.data) {
+				off = uint32(o)
+			}
 		}
 		b.errs.at(src.pos(off), "TOML syntax: %s", err.Error())
 		return b.root, false
@@ -157,17 +161,19 @@ func dotted(parts []keyPart) string {
 	return strings.Join(names, ".")
 }
 
-// headerOffset finds the '[' that opens a header whose first key is at keyOff.
+// headerOffset finds the first '[' of a header whose first key is at keyOff.
 func (b *treeBuilder) headerOffset(keyOff uint32) uint32 {
-	o := int(keyOff)
+	o, first := int(keyOff), int(keyOff)
 	for o > 0 {
 		c := b.src.data[o-1]
-		if c != ' ' && c != '\t' && c != '[' {
+		if c == '[' {
+			first = o - 1
+		} else if c != ' ' && c != '\t' {
 			break
 		}
 		o--
 	}
-	return uint32(o)
+	return uint32(first)
 }
 
 func (b *treeBuilder) fail(off uint32, format string, args ...any) {

@@ -1,0 +1,588 @@
+package config
+
+import (
+	"encoding/base64"
+	"strings"
+	"testing"
+)
+
+// Each case is one config with @@ before every place an error is expected,
+// and the expected messages in the same order. Every check must point at the
+// offending key (or table header) and say what is wrong.
+var semanticCases = []struct {
+	name string
+	text string
+	msgs []string
+}{
+	// Families and addresses.
+	{"backend family", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+  [[service.backend]]
+  @@address = "2001:db8::1"
+`, []string{"backend 2001:db8::1 is ipv6 but the service is ipv4"}},
+	{"sorry server family", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+@@sorry_server = "[2001:db8::9]:80"
+`, []string{"sorry_server: 2001:db8::9 is ipv6 but the service is ipv4"}},
+	{"mark destination family", `
+[[service]]
+name = "s"
+fwmark = 8
+family = "ipv6"
+persistent = true
+  [service.mark]
+  ports = [80]
+  @@destination = "198.18.1.1"
+`, []string{"198.18.1.1 is ipv4 but the service family is ipv6"}},
+	{"family key contradicts address", `
+[[service]]
+name = "s"
+address = "2001:db8::1"
+port = 80
+@@family = "ipv4"
+`, []string{"family ipv4 does not match address 2001:db8::1 (ipv6)"}},
+	{"check source family", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+  [service.check]
+  type = "tcp"
+  @@source = "2001:db8::5"
+  [[service.backend]]
+  address = "198.18.1.2"
+`, []string{"check.source 2001:db8::5 is ipv6 but backend 198.18.1.2 is ipv4"}},
+	{"bad addresses", `
+[[service]]
+name = "s"
+@@address = "198.18.1.300"
+port = 80
+  [[service.backend]]
+  @@address = "rs1"
+`, []string{`service.address: "198.18.1.300" is not an IP address`, `backend.address: "rs1" is not an IP address`}},
+	{"vip address without prefix", `
+[node]
+interface = "eth0"
+[[vip_group]]
+name = "g"
+addresses = [@@"198.18.0.100", @@"198.18.0.101/33"]
+`, []string{`"198.18.0.100" needs a prefix length, e.g. "198.18.0.100/32"`, `"198.18.0.101/33" is not an address with prefix`}},
+
+	// Ports.
+	{"port 0 without persistence", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+@@port = 0
+`, []string{"port 0 (all ports) needs persistence"}},
+	{"no port without persistence", `
+@@[[service]]
+name = "s"
+address = "198.18.1.1"
+`, []string{"port 0 (all ports) needs persistence"}},
+	{"port out of range", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+@@port = 70000
+  [[service.backend]]
+  address = "198.18.1.2"
+  @@port = -1
+`, []string{"service.port: 70000 is out of range 0..65535", "service.backend.port: -1 is out of range 0..65535"}},
+	{"nat without backend port on port 0", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+persistence = "500s"
+forward = "nat"
+  @@[[service.backend]]
+  address = "198.18.1.2"
+  [[service.backend]]
+  address = "198.18.1.3"
+  port = 8080
+`, []string{"nat backend 198.18.1.2 needs a port because the service port is 0"}},
+	{"dr backend changes port", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+  [[service.backend]]
+  address = "198.18.1.2"
+  @@port = 8080
+`, []string{"dr backends cannot change the port: port must be the service port (80)"}},
+
+	// Duplicates.
+	{"duplicate virtual service", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+[[service]]
+name = "b"
+@@address = "198.18.1.1"
+port = 80
+[[service]]
+name = "c"
+address = "198.18.1.1"
+port = 80
+protocol = "udp"
+`, []string{`service "b" duplicates virtual service tcp 198.18.1.1:80 of service "a"`}},
+	{"duplicate fwmark", `
+[[service]]
+name = "a"
+fwmark = 8
+persistent = true
+[[service]]
+name = "b"
+@@fwmark = 8
+persistent = true
+[[service]]
+name = "c"
+fwmark = 8
+family = "ipv6"
+persistent = true
+`, []string{`duplicates virtual service fwmark 8 (ipv4) of service "a"`}},
+	{"duplicate backend", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+  [[service.backend]]
+  address = "198.18.1.2"
+  [[service.backend]]
+  @@address = "198.18.1.2"
+  port = 80
+`, []string{"duplicate backend 198.18.1.2:80"}},
+	{"duplicate vip group and address", `
+[node]
+interface = "eth0"
+[[vip_group]]
+name = "g"
+addresses = ["198.18.0.100/32"]
+[[vip_group]]
+@@name = "g"
+addresses = ["198.18.0.101/32"]
+[[vip_group]]
+name = "h"
+addresses = [@@"198.18.0.100/32"]
+`, []string{`duplicate vip_group "g"`, `address 198.18.0.100 is in vip_group "g" and "h"`}},
+
+	// Firewall marks.
+	{"fwmark with address, port and protocol", `
+[[service]]
+name = "s"
+fwmark = 8
+persistent = true
+@@address = "198.18.1.1"
+@@port = 80
+@@protocol = "tcp"
+`, []string{"an fwmark service has no address", "an fwmark service has no port", "an fwmark service has no protocol"}},
+	{"mark on a non-fwmark service", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+  @@[service.mark]
+  destination = "198.18.1.1"
+`, []string{"[service.mark] is only for fwmark services"}},
+	{"mark ports and destination", `
+[[service]]
+name = "s"
+fwmark = 8
+persistent = true
+  @@[service.mark]
+  ports = [80, @@0, @@65536, @@80]
+`, []string{"service.mark needs a destination", "ports[1]: 0 is out of range 1..65535", "ports[2]: 65536 is out of range", "ports[3]: duplicate port 80"}},
+	{"fwmark out of range", `
+[[service]]
+name = "a"
+@@fwmark = 4294967296
+persistent = true
+[[service]]
+name = "b"
+@@fwmark = -1
+persistent = true
+`, []string{"service.fwmark: 4294967296 is out of range 0..4294967295", "service.fwmark: -1 is out of range"}},
+	{"overlapping marks", `
+[[service]]
+name = "a"
+fwmark = 8
+persistent = true
+  [service.mark]
+  ports = [80, 443]
+  destination = "198.18.1.1"
+[[service]]
+name = "b"
+fwmark = 9
+persistent = true
+  @@[service.mark]
+  ports = [443]
+  destination = "198.18.1.1/32"
+`, []string{`service "b" marks the same traffic (tcp 198.18.1.1/32 port 443) as service "a"`}},
+
+	// Weights, thresholds, persistence.
+	{"weights and thresholds", `
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+  [[service.backend]]
+  address = "198.18.1.2"
+  @@weight = 65536
+  [[service.backend]]
+  address = "198.18.1.3"
+  @@weight = -1
+  [[service.backend]]
+  address = "198.18.1.4"
+  upper_threshold = 10
+  @@lower_threshold = 20
+  [[service.backend]]
+  address = "198.18.1.5"
+  @@lower_threshold = 20
+`, []string{"weight: 65536 is out of range 0..65535", "weight: -1 is out of range 0..65535",
+		"lower_threshold (20) must not exceed upper_threshold (10)", "lower_threshold needs upper_threshold"}},
+	{"persistence granularity", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+persistent = true
+@@persistence_granularity = 33
+[[service]]
+name = "b"
+address = "2001:db8::1"
+port = 80
+persistent = true
+@@persistence_granularity = 0
+[[service]]
+name = "c"
+address = "198.18.1.2"
+port = 80
+persistent = true
+@@persistence_granularity = "255.0.255.0"
+[[service]]
+name = "d"
+address = "2001:db8::2"
+port = 80
+persistent = true
+@@persistence_granularity = "255.255.255.0"
+[[service]]
+name = "e"
+address = "198.18.1.3"
+port = 80
+@@persistence_granularity = 24
+`, []string{"33 is out of range 0..32 for ipv4", "0 is out of range 1..128 for ipv6", "netmask 255.0.255.0 is not contiguous",
+		"IPv6 services take a prefix length", "persistence_granularity needs persistence"}},
+	{"persistence values", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+@@persistence = "1500ms"
+[[service]]
+name = "b"
+address = "198.18.1.2"
+port = 80
+persistence = "60s"
+@@persistent = false
+`, []string{"must be a whole number of seconds", "persistent = false conflicts with persistence"}},
+	{"schedulers", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+@@scheduler = "fastest"
+[[service]]
+name = "b"
+address = "198.18.1.2"
+port = 80
+scheduler = "rr"
+@@scheduler_flags = ["sh-port"]
+[[service]]
+name = "c"
+address = "198.18.1.3"
+port = 80
+scheduler = "mh"
+@@scheduler_flags = ["mh-port", "turbo"]
+`, []string{`unknown scheduler "fastest"`, `"sh-port" needs scheduler "sh", not "rr"`, `unknown flag "turbo"`}},
+	{"one packet on tcp", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+@@one_packet = true
+[[service]]
+name = "b"
+address = "198.18.1.1"
+port = 53
+protocol = "udp"
+one_packet = true
+`, []string{"one_packet only affects udp services"}},
+	{"quorum hysteresis", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+quorum = 2
+@@quorum_hysteresis = 3
+`, []string{"quorum_hysteresis (3) must not exceed quorum (2)"}},
+
+	// Health checks.
+	{"check type", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  [service.check]
+  @@type = "ping"
+[[service]]
+name = "b"
+address = "198.18.1.2"
+port = 80
+  @@[service.check]
+  interval = "1s"
+`, []string{`unknown check type "ping"`, "service.check.type is required"}},
+	{"check timing", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  [service.check]
+  type = "tcp"
+  interval = "1s"
+  @@timeout = "1s"
+  @@rise = 0
+  @@fall = 0
+[[service]]
+name = "b"
+address = "198.18.1.2"
+port = 80
+  [service.check]
+  type = "tcp"
+  @@interval = "0s"
+`, []string{"service.check.timeout (1s) must be below service.check.interval (1s)", "rise: 0 is out of range 1..1000",
+		"fall: 0 is out of range 1..1000", "service.check.interval: must be above 0"}},
+	{"http check fields", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  [service.check]
+  type = "http"
+  @@body_regex = "a(b"
+  @@body_sha256 = "abcd"
+  status = [@@"2xx", @@"300-200", @@600, 204]
+  @@command = ["/bin/true"]
+`, []string{"bad regular expression", "want 64 hex digits", `"2xx" is not a status or a range`, "status range 300-200",
+		"status range 600-600", "service.check.command is not used by http checks"}},
+	{"exec and dns checks", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  @@[service.check]
+  type = "exec"
+[[service]]
+name = "b"
+address = "198.18.1.2"
+port = 53
+protocol = "udp"
+  @@[service.check]
+  type = "dns"
+  @@rcode = "WHATEVER"
+  @@query_type = "BOGUS"
+`, []string{"service.check.command is required", "service.check.query_name is required for dns checks",
+		`unknown rcode "WHATEVER"`, `unknown DNS type "BOGUS"`}},
+	{"check needs a port", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+persistence = "500s"
+  [service.check]
+  type = "tcp"
+  @@[[service.backend]]
+  address = "198.18.1.2"
+  [[service.backend]]
+  address = "198.18.1.3"
+    [service.backend.check]
+    port = 22
+`, []string{"backend 198.18.1.2 has no port and check.port is not set: its tcp check needs a port"}},
+	{"backend check override", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  [service.check]
+  type = "http"
+  path = "/healthz"
+  [[service.backend]]
+  address = "198.18.1.2"
+    [service.backend.check]
+    @@timeout = "5s"
+`, []string{"service.backend.check.timeout (5s) must be below service.backend.check.interval (1s)"}},
+
+	// VIP groups.
+	{"vip group fields", `
+@@[[vip_group]]
+name = "g"
+addresses = ["198.18.0.100/32"]
+@@priority = 255
+preempt = false
+@@preempt_delay = "5s"
+[[vip_group]]
+name = "h"
+interface = "eth0"
+addresses = ["198.18.0.101/32"]
+@@priority = 0
+track_script = [@@{ name = "nope" }]
+track_service = [@@{ name = "missing" }]
+[[service]]
+name = "s"
+@@group = "absent"
+address = "198.18.1.1"
+port = 80
+`, []string{`vip_group "g" needs an interface`, "priority: 255 is out of range 1..254", "preempt_delay has no effect with preempt = false",
+		"priority: 0 is out of range 1..254", `tracks unknown track_script "nope"`, `tracks unknown service "missing"`,
+		`service "s" follows unknown vip_group "absent"`}},
+
+	// Cluster and control.
+	{"cluster", `
+[node]
+@@name = "dir-c"
+@@[cluster]
+@@bind = "198.18.0.11"
+peers = [@@"198.18.0.12", @@"peer:0", "peer-b.example:7946"]
+members = ["dir-a", "dir-b", "w1"]
+@@witnesses = ["w2"]
+heartbeat_interval = "100ms"
+@@dead_after = "100ms"
+`, []string{`node name "dir-c" is not in cluster.members`, "cluster.key_file is required", `cluster.bind: "198.18.0.11" is not ip:port`,
+		`cluster.peers[0]: "198.18.0.12": not host:port`, `"peer:0": port must be 1..65535`, `"w2" is not in cluster.members`,
+		"heartbeat_interval (100ms) must be below dead_after (100ms)"}},
+	{"cluster bind", `
+@@[cluster]
+insecure = true
+[[service]]
+name = "x"
+address = "198.18.1.1"
+port = 80
+`, []string{"cluster.bind is required"}},
+	{"wildcard bind", `
+[cluster]
+@@bind = "0.0.0.0:7946"
+insecure = true
+`, []string{"cluster.advertise is required when bind is a wildcard"}},
+	{"key file missing", `
+[cluster]
+bind = "198.18.0.11:7946"
+@@key_file = "/etc/lvsd/none.key"
+`, []string{"cluster.key_file: cannot read /etc/lvsd/none.key"}},
+	{"control token", `
+[control]
+@@listen = "127.0.0.1:9000"
+[metrics]
+@@listen = "127.0.0.1"
+`, []string{"control.token_file is required when control.listen is set", `metrics.listen: "127.0.0.1" is not ip:port`}},
+
+	// Keys, types and durations.
+	{"unknown keys and types", `
+[node]
+@@nmae = "x"
+[[service]]
+name = "s"
+@@adress = "198.18.1.1"
+@@port = "80"
+address = "198.18.1.1"
+@@persistence = 500
+@@omega = 1
+  [[service.backend]]
+  address = "198.18.1.2"
+  @@frobnicate = true
+@@[bogus]
+`, []string{`unknown key "node.nmae" (did you mean "name"?)`, `unknown key "service.adress" (did you mean "address"?)`,
+		"service.port: want an integer, got string", `service.persistence: want a duration string such as "500ms"`,
+		"service.omega: want true or false, got integer", `unknown key "service.backend.frobnicate"`, `unknown key "bogus"`}},
+	{"durations", `
+[ipvs]
+@@resync_interval = "30 seconds"
+[[track_script]]
+name = "t"
+command = ["/bin/true"]
+@@interval = "-1s"
+`, []string{`ipvs.resync_interval: invalid duration "30 seconds"`, `track_script.interval: duration "-1s" must not be negative`}},
+
+	// TOML itself.
+	{"duplicate key", `
+[node]
+name = "a"
+@@name = "b"
+[@@node]
+`, []string{`duplicate key "name"`, "cannot define [node]: it is already a table"}},
+	{"syntax error", `
+[node]
+name = "unterminated@@
+`, []string{"TOML syntax"}},
+}
+
+func TestSemanticChecks(t *testing.T) {
+	for _, tc := range semanticCases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, es, ps := load(t, tc.text)
+			if len(ps) != len(tc.msgs) {
+				t.Fatalf("test bug: %d markers, %d messages", len(ps), len(tc.msgs))
+			}
+			if len(es) == 0 {
+				t.Fatalf("config loaded without errors, want %d", len(tc.msgs))
+			}
+			for i, p := range ps {
+				wantError(t, es, p, tc.msgs[i])
+			}
+			// Nothing else: every error of the case is expected.
+			for _, e := range es {
+				found := false
+				for _, p := range ps {
+					found = found || e.Pos() == p
+				}
+				if !found {
+					t.Errorf("unexpected error %v", e)
+				}
+			}
+		})
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	raw := strings.Repeat("k", 32)
+	for _, tc := range []struct {
+		name, content, msg string
+	}{
+		{"raw", raw, ""},
+		{"base64", base64.StdEncoding.EncodeToString([]byte(raw)) + "\n", ""},
+		{"short", "0123456789", "must hold a 32-byte key, raw or base64 (it has 10 bytes)"},
+		{"base64 of 16", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")), "must hold a 32-byte key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text, ps := strip("[node]\nname = \"dir-a\"\n[cluster]\nbind = \"198.18.0.11:7946\"\n@@key_file = \"gossip.key\"\n")
+			cfg, es, _ := loadMem(t, []string{"/etc/lvsd/lvsd.toml"}, map[string]string{
+				"/etc/lvsd/lvsd.toml": text, "/etc/lvsd/gossip.key": tc.content})
+			if tc.msg == "" {
+				if es != nil {
+					t.Fatalf("unexpected errors: %v", es)
+				}
+				if string(cfg.Cluster.Key) != raw || cfg.Cluster.KeyFile != "/etc/lvsd/gossip.key" {
+					t.Fatalf("key %q from %s", cfg.Cluster.Key, cfg.Cluster.KeyFile)
+				}
+				return
+			}
+			p := ps[0]
+			p.File = "/etc/lvsd/lvsd.toml"
+			wantError(t, es, p, tc.msg)
+		})
+	}
+}
