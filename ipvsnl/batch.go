@@ -1,0 +1,294 @@
+package ipvsnl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// drainWait bounds reading the acks still queued after a receive-buffer
+// overrun; the kernel queued all of them before sendmsg returned.
+const drainWait = 200 * time.Millisecond
+
+// Header sizes used to bound a batch's bytes.
+const (
+	nlmsgHdrLen = 16
+	genlHdrLen  = 4
+)
+
+// Apply performs the writes in order, many per sendmsg, and returns nil when
+// every op succeeded, otherwise a slice of len(ops) with each op's error (nil
+// where it succeeded). A failed op does not stop the others. Errors from the
+// kernel unwrap to a *KernelError and its syscall.Errno.
+func (c *Client) Apply(ctx context.Context, ops []Op) []error {
+	if len(ops) == 0 {
+		return nil
+	}
+	errs := make([]error, len(ops))
+	failed := false
+	fail := func(i int, err error) {
+		errs[i] = fmt.Errorf("ipvsnl: op %d (%s): %w", i, ops[i], err)
+		failed = true
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	var lost []lostOp
+	batch := make([]netlink.Message, 0, min(c.batchSize, len(ops)))
+	index := make([]int, 0, cap(batch))
+	for i := 0; i < len(ops); {
+		if err := ctx.Err(); err != nil {
+			for ; i < len(ops); i++ {
+				fail(i, fmt.Errorf("not sent: %w", err))
+			}
+			break
+		}
+		if err := c.ready(); err != nil {
+			for ; i < len(ops); i++ {
+				fail(i, fmt.Errorf("not sent: %w", err))
+			}
+			break
+		}
+		batch, index = batch[:0], index[:0]
+		size := 0
+		for i < len(ops) && len(batch) < c.batchSize {
+			payload, err := encodeOp(ops[i])
+			if err != nil {
+				fail(i, err)
+				i++
+				continue
+			}
+			n := nlmsgHdrLen + genlHdrLen + len(payload)
+			if len(batch) > 0 && size+n > maxBatchBytes {
+				break // op i starts the next batch
+			}
+			batch = append(batch, c.message(uint8(ops[i].Cmd), payload, netlink.Request|netlink.Acknowledge))
+			index = append(index, i)
+			size += n
+			i++
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		for k, r := range c.sendBatch(ctx, batch) {
+			op := index[k]
+			switch {
+			case r.lost:
+				lost = append(lost, lostOp{index: op, cause: r.err})
+			case r.err != nil:
+				fail(op, withHint(ops[op], r.err))
+			}
+		}
+	}
+	if len(lost) > 0 {
+		c.resolveLost(ctx, ops, lost, fail)
+	}
+	if !failed {
+		return nil
+	}
+	return errs
+}
+
+type result struct {
+	done bool
+	lost bool // no ack arrived; the kernel may have applied the op
+	err  error
+}
+
+type lostOp struct {
+	index int
+	cause error
+}
+
+// sendBatch sends msgs in one sendmsg and collects one result per message,
+// matching acks by sequence number. Must be called with c.mu held.
+func (c *Client) sendBatch(ctx context.Context, msgs []netlink.Message) []result {
+	res := make([]result, len(msgs))
+	n := uint32(len(msgs))
+	first := c.nextSeqs(len(msgs))
+	for k := range msgs {
+		msgs[k].Header.Sequence = first + uint32(k)
+	}
+
+	disarm := c.arm(ctx)
+	defer disarm()
+
+	if _, err := c.conn.SendMessages(msgs); err != nil {
+		// A netlink datagram is taken whole or not at all: nothing ran.
+		for k := range res {
+			res[k] = result{done: true, err: fmt.Errorf("sending batch of %d: %w", len(msgs), err)}
+		}
+		return res
+	}
+
+	pending := len(msgs)
+	overrun := false
+	for pending > 0 {
+		replies, err := c.conn.Receive()
+		if err == nil {
+			for _, m := range replies {
+				if k := m.Header.Sequence - first; m.Header.Type == netlink.Error && k < n && !res[k].done {
+					res[k].done = true
+					pending--
+				}
+			}
+			continue
+		}
+		if kerr := kernelErr(err); kerr != nil {
+			var oe *netlink.OpError
+			errors.As(err, &oe)
+			if k := oe.Sequence - first; k < n && !res[k].done {
+				res[k] = result{done: true, err: kerr}
+				pending--
+			}
+			continue
+		}
+		if errors.Is(err, unix.ENOBUFS) && !overrun {
+			// Some acks were dropped. The rest are already queued: read
+			// them for a short while, then count the missing ones as lost.
+			overrun = true
+			_ = c.conn.SetReadDeadline(time.Now().Add(drainWait))
+			continue
+		}
+		c.dirty = true
+		cause := err
+		switch {
+		case ctx.Err() != nil:
+			cause = ctx.Err()
+		case overrun:
+			cause = fmt.Errorf("socket receive buffer overrun (ENOBUFS)")
+		}
+		for k := range res {
+			if !res[k].done {
+				res[k] = result{done: true, lost: true, err: cause}
+			}
+		}
+		break
+	}
+	if overrun {
+		old := c.batchSize
+		c.batchSize = max(c.batchSize/2, minBatchSize)
+		c.log.Warn("ipvsnl: kernel dropped acks (receive buffer overrun); shrinking batches", "batch", len(msgs), "from", old, "to", c.batchSize)
+	}
+	return res
+}
+
+// resolveLost re-issues ops whose ack was lost, one at a time and
+// idempotently, so that the kernel ends up as requested whether or not the
+// first attempt ran. An op is re-issued only if no later op of the same call
+// touches the same object: re-running it after them could undo their work.
+func (c *Client) resolveLost(ctx context.Context, ops []Op, lost []lostOp, fail func(int, error)) {
+	lastSvc := map[svcKey]int{}
+	lastDest := map[destKey]int{}
+	for i, op := range ops {
+		sk := keyOf(op.Service)
+		if op.Cmd.isDest() {
+			lastDest[destKey{sk, op.Dest.Address, op.Dest.Port}] = i
+		} else {
+			lastSvc[sk] = i
+		}
+	}
+	for _, l := range lost {
+		op := ops[l.index]
+		sk := keyOf(op.Service)
+		later := lastSvc[sk] > l.index
+		if op.Cmd.isDest() && lastDest[destKey{sk, op.Dest.Address, op.Dest.Port}] > l.index {
+			later = true
+		}
+		if ctx.Err() != nil || later || c.ready() != nil {
+			fail(l.index, fmt.Errorf("%w (%v)", ErrAckLost, l.cause))
+			continue
+		}
+		if err := c.reissue(ctx, op); err != nil {
+			fail(l.index, withHint(op, err))
+		}
+	}
+}
+
+// reissue sends one op again, mapping "already there" on adds to a set and
+// "already gone" on deletes to success.
+func (c *Client) reissue(ctx context.Context, op Op) error {
+	err := c.sendOne(ctx, op)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST) && op.Cmd == CmdNewService:
+		op.Cmd = CmdSetService
+		return c.sendOne(ctx, op)
+	case errors.Is(err, unix.EEXIST) && op.Cmd == CmdNewDest:
+		op.Cmd = CmdSetDest
+		return c.sendOne(ctx, op)
+	case (errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT)) && (op.Cmd == CmdDelService || op.Cmd == CmdDelDest):
+		return nil
+	}
+	return err
+}
+
+func (c *Client) sendOne(ctx context.Context, op Op) error {
+	payload, err := encodeOp(op)
+	if err != nil {
+		return err
+	}
+	r := c.sendBatch(ctx, []netlink.Message{c.message(uint8(op.Cmd), payload, netlink.Request|netlink.Acknowledge)})[0]
+	if r.lost {
+		return fmt.Errorf("%w (%v)", ErrAckLost, r.err)
+	}
+	return r.err
+}
+
+// svcKey and destKey identify kernel objects for the re-issue check.
+type svcKey struct {
+	family, protocol uint16
+	addr             netip.Addr
+	port             uint16
+	fwmark           uint32
+}
+
+type destKey struct {
+	svc  svcKey
+	addr netip.Addr
+	port uint16
+}
+
+func keyOf(s Service) svcKey {
+	return svcKey{s.Family, s.Protocol, s.Address, s.Port, s.FWMark}
+}
+
+// withHint adds what an errno usually means for the op, when known.
+func withHint(op Op, err error) error {
+	var kerr *KernelError
+	if !errors.As(err, &kerr) || kerr.Hint != "" {
+		return err
+	}
+	h := hint(op, kerr.Errno)
+	if h == "" {
+		return err
+	}
+	cp := *kerr
+	cp.Hint = h
+	return &cp
+}
+
+func hint(op Op, errno error) string {
+	switch {
+	case errno == unix.ESRCH && op.Cmd != CmdNewService:
+		return "no such service"
+	case errno == unix.ENOENT && (op.Cmd == CmdSetDest || op.Cmd == CmdDelDest):
+		return "no such destination"
+	case errno == unix.ENOENT && (op.Cmd == CmdNewService || op.Cmd == CmdSetService):
+		return fmt.Sprintf("scheduler %q or persistence engine %q unknown to the kernel (module missing?)", op.Service.Scheduler, op.Service.PEName)
+	case errno == unix.EEXIST:
+		return "already exists"
+	case errno == unix.EINVAL && (op.Cmd == CmdNewDest || op.Cmd == CmdSetDest) && destFamily(op.Dest) == AFInet:
+		return "the kernel rejects IPv4 destinations it has no route type for; in a fresh network namespace bring lo up first"
+	case errno == unix.ERANGE && op.Cmd.isDest():
+		return "lower threshold above upper threshold"
+	}
+	return ""
+}
