@@ -51,6 +51,8 @@ type LocalGroup struct {
 	PreemptDelay time.Duration
 	// Force asks for the group regardless of preemption settings (Promote).
 	Force bool
+	// Yield hands the group to any other eligible node (Demote).
+	Yield bool
 }
 
 // ElectionInput is everything Elect looks at. Elect reads no clock and does
@@ -278,7 +280,10 @@ func Elect(in ElectionInput, st ElectionState) (ElectionResult, ElectionState) {
 				d.Reason = fmt.Sprintf("conflicting claim: %s outranks us, releasing", w.name)
 			}
 		case g.Claiming:
-			if haveTop && top.name != in.Self && top.want {
+			if other, ok := best(cs[1:], eligible); ok && g.Yield {
+				d.Owner = other.name
+				d.Reason = "demoted: handing over to " + other.name
+			} else if haveTop && top.name != in.Self && top.want {
 				d.Owner = top.name
 				d.Reason = fmt.Sprintf("handing over to %s (priority %d > %d)", top.name, top.priority, self.priority)
 			} else if !hasMajority(g.Name) {

@@ -162,6 +162,12 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 	return nil
 }
 
+// seqOffset is where Seq sits in an encoded heartbeat (after kind, version,
+// flags and boot), so the send loop can stamp it without re-encoding.
+const seqOffset = 3 + 8
+
+func setSeq(b []byte, seq uint64) { binary.BigEndian.PutUint64(b[seqOffset:], seq) }
+
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
 	return append(b, s...)

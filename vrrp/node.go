@@ -1,0 +1,801 @@
+package vrrp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Event is one ownership transition of a group on this node.
+type Event struct {
+	Group  string
+	State  Role
+	Prev   Role
+	Owner  string // who this node believes owns the group now
+	Reason string
+	At     time.Time
+}
+
+// Status is a snapshot for the control API and metrics.
+type Status struct {
+	Node    string
+	Witness bool
+	Quorum  bool
+	Visible int // members visible, self included
+	Needed  int // majority needed (0: no quorum required)
+	Members []MemberStatus
+	Groups  []GroupStatus
+}
+
+// MemberStatus is one configured or heard-from peer.
+type MemberStatus struct {
+	Name     string
+	Alive    bool
+	LastSeen time.Time // zero: never heard from
+	Boot     uint64
+	Gossip   string // memberlist's view: alive, suspect, dead, left, or ""
+}
+
+// GroupStatus is one local group.
+type GroupStatus struct {
+	Name      string
+	State     Role
+	Owner     string
+	Priority  uint8 // effective
+	Base      int   // configured
+	Fault     bool
+	Reason    string
+	Override  Override
+	Since     time.Time // last transition
+	Addresses []string
+}
+
+// Node runs the election for its groups and owns their addresses while it
+// is master. Create it with New, start Run, stop with Stop (graceful).
+type Node struct {
+	spec    Spec
+	log     *slog.Logger
+	boot    uint64
+	scripts map[string]*TrackScriptSpec
+
+	addrs     addresser
+	announcer announcer
+	cl        *cluster
+	send      func([]byte) // heartbeat transport (cluster.send)
+
+	inbox chan any
+	tmpl  atomic.Pointer[[]byte] // current heartbeat, seq patched at send
+	kick  chan struct{}          // send a heartbeat now
+	queue *serialQueue           // events, digests, user messages
+	notes map[string]*serialQueue
+
+	mu        sync.Mutex
+	status    Status
+	onEvent   func(Event)
+	onMessage func([]byte)
+	onDigest  func(peer string, digest []byte)
+	digest    []byte
+
+	pendingDelegate atomic.Pointer[StateDelegate]
+
+	running  atomic.Bool
+	stopReq  chan context.Context
+	finished chan struct{}
+	dropped  atomic.Uint64
+}
+
+// New checks the spec and prepares a node; it touches no kernel state and
+// opens no socket until Run.
+func New(spec Spec, lg *slog.Logger) (*Node, error) {
+	if lg == nil {
+		lg = slog.Default()
+	}
+	spec = cloneSpec(spec)
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("vrrp: boot id: %w", err)
+	}
+	n := &Node{
+		spec: spec, log: lg.With("node", spec.Node.Name), boot: binary.BigEndian.Uint64(b[:]),
+		scripts: map[string]*TrackScriptSpec{}, addrs: netlinkAddresser{}, announcer: garpAnnouncer{},
+		inbox: make(chan any, 512), kick: make(chan struct{}, 1),
+		stopReq: make(chan context.Context, 1), finished: make(chan struct{}),
+		notes: map[string]*serialQueue{},
+	}
+	for i := range n.spec.TrackScripts {
+		n.scripts[n.spec.TrackScripts[i].Name] = &n.spec.TrackScripts[i]
+	}
+	return n, nil
+}
+
+func cloneSpec(s Spec) Spec {
+	out := s
+	if s.Cluster != nil {
+		c := *s.Cluster
+		out.Cluster = &c
+	}
+	out.Groups = slices.Clone(s.Groups)
+	out.TrackScripts = slices.Clone(s.TrackScripts)
+	return out
+}
+
+// SetEventHandler sets the function called, in order and off the election
+// loop, for every transition. Call before Run.
+func (n *Node) SetEventHandler(f func(Event)) { n.mu.Lock(); n.onEvent = f; n.mu.Unlock() }
+
+// SetMessageHandler sets the receiver of other members' Broadcast messages.
+func (n *Node) SetMessageHandler(f func([]byte)) { n.mu.Lock(); n.onMessage = f; n.mu.Unlock() }
+
+// SetDigestHandler sets the receiver of peers' heartbeat digests; it is
+// called when a peer's digest changes.
+func (n *Node) SetDigestHandler(f func(peer string, digest []byte)) {
+	n.mu.Lock()
+	n.onDigest = f
+	n.mu.Unlock()
+}
+
+// SetDigest sets the opaque bytes (at most 512) carried in every heartbeat.
+func (n *Node) SetDigest(d []byte) error {
+	if len(d) > maxDigest {
+		return fmt.Errorf("vrrp: digest of %d bytes, at most %d", len(d), maxDigest)
+	}
+	n.mu.Lock()
+	n.digest = slices.Clone(d)
+	n.mu.Unlock()
+	n.post(ctlMsg{op: "digest"})
+	return nil
+}
+
+// SetStateDelegate hooks the daemon's state into memberlist's push-pull.
+func (n *Node) SetStateDelegate(d StateDelegate) {
+	n.pendingDelegate.Store(&d)
+	if n.cl != nil {
+		n.cl.state.Store(&d)
+	}
+}
+
+// Broadcast gossips b to all members (delivered to their message handler).
+func (n *Node) Broadcast(b []byte) error {
+	if n.cl == nil {
+		return errors.New("vrrp: broadcast: standalone node has no cluster")
+	}
+	n.cl.broadcast(b)
+	return nil
+}
+
+// Members reports memberlist's view of the cluster (empty when standalone).
+func (n *Node) Members() []MemberInfo {
+	if n.cl == nil {
+		return nil
+	}
+	return n.cl.members()
+}
+
+// Status returns a snapshot.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.status
+	s.Members = slices.Clone(s.Members)
+	s.Groups = slices.Clone(s.Groups)
+	return s
+}
+
+// SetServiceQuorum reports a service's quorum (from health checks); groups
+// that track the service lower their priority or fault while it is down.
+func (n *Node) SetServiceQuorum(name string, up bool) {
+	n.post(trackMsg{kind: "service", name: name, up: up})
+}
+
+// Demote hands the group to any other eligible node at once and keeps this
+// node at priority 1 until ClearOverride.
+func (n *Node) Demote(group string) error { return n.control(group, OverrideDemote) }
+
+// Promote takes the group over regardless of preemption settings and keeps
+// it (priority 255) until ClearOverride.
+func (n *Node) Promote(group string) error { return n.control(group, OverridePromote) }
+
+// SetFault puts the group into fault (giving it up) or clears that.
+func (n *Node) SetFault(group string, fault bool) error {
+	if fault {
+		return n.control(group, OverrideFault)
+	}
+	return n.control(group, OverrideNone)
+}
+
+// ClearOverride removes any Demote, Promote or SetFault.
+func (n *Node) ClearOverride(group string) error { return n.control(group, OverrideNone) }
+
+func (n *Node) control(group string, o Override) error {
+	if !slices.ContainsFunc(n.spec.Groups, func(g GroupSpec) bool { return g.Name == group }) {
+		return fmt.Errorf("vrrp: no vip_group named %q", group)
+	}
+	if !n.running.Load() {
+		return errors.New("vrrp: node is not running")
+	}
+	reply := make(chan struct{})
+	select {
+	case n.inbox <- ctlMsg{op: "override", group: group, override: o, done: reply}:
+	case <-n.finished:
+		return errors.New("vrrp: node stopped")
+	}
+	select {
+	case <-reply:
+		return nil
+	case <-n.finished:
+		return errors.New("vrrp: node stopped")
+	}
+}
+
+func (n *Node) post(m any) {
+	select {
+	case n.inbox <- m:
+	default:
+		n.dropped.Add(1)
+	}
+}
+
+// Stop hands over gracefully: releases every group at once (removing the
+// addresses), tells the peers so they take over without waiting for
+// dead_after, runs the stop notifications, leaves the cluster, and waits for
+// Run to return (bounded by ctx).
+func (n *Node) Stop(ctx context.Context) error {
+	if !n.running.Load() {
+		return nil
+	}
+	select {
+	case n.stopReq <- ctx:
+	default:
+	}
+	select {
+	case <-n.finished:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("vrrp: stopping: %w", ctx.Err())
+	}
+}
+
+type hbMsg struct {
+	h  Heartbeat
+	at time.Time
+}
+
+type trackMsg struct {
+	kind, name, detail string
+	up                 bool
+}
+
+type ctlMsg struct {
+	op       string
+	group    string
+	override Override
+	done     chan struct{}
+}
+
+type peerState struct {
+	boot, seq uint64
+	lastSeen  time.Time
+	releasing bool
+	groups    map[string]GroupView
+	digest    []byte
+}
+
+type groupRT struct {
+	spec      *GroupSpec
+	role      Role
+	claiming  bool
+	owner     string
+	reason    string
+	since     time.Time
+	override  Override
+	conflict  bool
+	annCancel context.CancelFunc
+	annKick   chan struct{}
+	prio      uint8
+	fault     bool
+}
+
+// Run starts the cluster, trackers and election loop and blocks until ctx
+// ends or Stop is called; either way it hands over gracefully.
+func (n *Node) Run(ctx context.Context) error {
+	if !n.running.CompareAndSwap(false, true) {
+		return errors.New("vrrp: Run called twice")
+	}
+	defer close(n.finished)
+	lg := n.log
+	if c := n.spec.Cluster; c != nil && c.Realtime > 0 {
+		if err := setRealtime(c.Realtime); err != nil {
+			lg.Warn("realtime scheduling unavailable", "err", err)
+		} else {
+			lg.Info("realtime scheduling enabled", "policy", "SCHED_RR", "priority", c.Realtime)
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n.queue = newSerialQueue()
+	defer n.queue.close(context.Background())
+
+	groups := make([]*groupRT, len(n.spec.Groups))
+	now := time.Now()
+	ifaces := map[string]bool{}
+	for i := range n.spec.Groups {
+		g := &n.spec.Groups[i]
+		groups[i] = &groupRT{spec: g, role: RoleBackup, since: now, reason: "starting"}
+		n.notes[g.Name] = newSerialQueue()
+		ifaces[g.Interface] = true
+		for _, ti := range g.TrackInterface {
+			ifaces[ti.Name] = true
+		}
+		// A crashed previous run may have left our addresses behind; we are
+		// not the owner yet, so they must go.
+		if err := n.addrs.remove(g.Interface, g.Addresses); err != nil {
+			lg.Warn("removing stale addresses", "group", g.Name, "err", err)
+		}
+	}
+	ifList := slices.Sorted(maps.Keys(ifaces))
+	ts := trackState{links: readLinks(ifList), scripts: map[string]bool{}, services: map[string]bool{}}
+	if len(ifList) > 0 {
+		err := watchLinks(runCtx, ifList, lg, func(name string, up bool) {
+			n.post(trackMsg{kind: "link", name: name, up: up})
+		})
+		if err != nil {
+			return fmt.Errorf("vrrp: %w", err)
+		}
+	}
+	used := map[string]bool{}
+	for _, g := range n.spec.Groups {
+		for _, tr := range g.TrackScript {
+			used[tr.Name] = true
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for name := range used {
+		s := n.scripts[name]
+		wg.Go(func() {
+			runScript(runCtx, s, lg, func(name string, up bool, detail string) {
+				n.post(trackMsg{kind: "script", name: name, up: up, detail: detail})
+			})
+		})
+	}
+
+	var hold time.Duration
+	if c := n.spec.Cluster; c != nil {
+		cl, err := newCluster(c, n.spec.Node.Name, lg, n.receive)
+		if err != nil {
+			return fmt.Errorf("vrrp: %w", err)
+		}
+		if d := n.pendingDelegate.Load(); d != nil {
+			cl.state.Store(d)
+		}
+		n.cl, n.send, hold = cl, cl.send, c.DeadAfter
+		wg.Go(func() { cl.run(runCtx) })
+		wg.Go(func() { n.sendLoop(runCtx, c.HeartbeatInterval) })
+	}
+
+	e := &engine{n: n, groups: groups, ts: ts, peers: map[string]*peerState{}, started: now, hold: hold}
+	e.evaluate(time.Now())
+	timer := time.NewTimer(e.nextWake(time.Now()))
+	defer timer.Stop()
+	stopCtx := context.Background()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case stopCtx = <-n.stopReq:
+			break loop
+		case m := <-n.inbox:
+			e.handle(m)
+		case <-timer.C:
+		}
+		now := time.Now()
+		if e.dirty || e.expired(now) {
+			e.evaluate(now)
+		}
+		timer.Reset(e.nextWake(now))
+	}
+	e.shutdown()
+	cancel()
+	if n.cl != nil {
+		n.cl.close(500 * time.Millisecond)
+	}
+	for _, q := range n.notes {
+		q.close(stopCtx)
+	}
+	return nil
+}
+
+// receive runs on memberlist's goroutine: decode and hand over, never block.
+func (n *Node) receive(kind byte, payload []byte, at time.Time) {
+	switch kind {
+	case msgHeartbeat:
+		var h Heartbeat
+		if err := h.UnmarshalBinary(append([]byte{kind}, payload...)); err != nil {
+			n.log.Debug("dropping malformed heartbeat", "err", err)
+			return
+		}
+		n.post(hbMsg{h: h, at: at})
+	case msgUser:
+		msg := slices.Clone(payload)
+		n.mu.Lock()
+		f := n.onMessage
+		n.mu.Unlock()
+		if f != nil && n.queue != nil {
+			n.queue.push(func() { f(msg) })
+		}
+	}
+}
+
+// sendLoop sends the current heartbeat every interval and whenever kicked.
+// It does nothing else so that it stays cheap under CPU pressure.
+func (n *Node) sendLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var seq uint64
+	buf := make([]byte, 0, maxHeartbeat)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-n.kick:
+		}
+		if p := n.tmpl.Load(); p != nil {
+			seq++
+			buf = append(buf[:0], *p...)
+			setSeq(buf, seq)
+			n.send(buf)
+		}
+	}
+}
+
+// engine is the election loop's state; only Run's goroutine touches it.
+type engine struct {
+	n         *Node
+	groups    []*groupRT
+	ts        trackState
+	peers     map[string]*peerState
+	aliveSet  map[string]bool
+	st        ElectionState
+	started   time.Time
+	hold      time.Duration
+	dirty     bool
+	wake      time.Time // preempt delay
+	lastViews map[string]GroupView
+	lastDig   []byte
+	released  bool
+	starting  bool
+}
+
+func (e *engine) handle(m any) {
+	n := e.n
+	switch m := m.(type) {
+	case hbMsg:
+		h := m.h
+		if h.Name == n.spec.Node.Name {
+			if h.Boot != n.boot {
+				n.log.Warn("heartbeat from another node using our name", "name", h.Name)
+			}
+			return
+		}
+		if c := n.spec.Cluster; c != nil && len(c.Members) > 0 && !slices.Contains(c.Members, h.Name) {
+			n.log.Debug("heartbeat from a node not in cluster.members", "name", h.Name)
+			return
+		}
+		p := e.peers[h.Name]
+		if p == nil {
+			p = &peerState{}
+			e.peers[h.Name] = p
+		}
+		if p.boot == h.Boot && h.Seq <= p.seq && !p.lastSeen.IsZero() {
+			return // stale or reordered
+		}
+		if p.boot != h.Boot && !p.lastSeen.IsZero() {
+			n.log.Info("peer restarted", "peer", h.Name)
+		}
+		changed := p.boot != h.Boot || p.releasing != h.Releasing || !maps.Equal(p.groups, h.Groups) || !e.aliveSet[h.Name]
+		p.boot, p.seq, p.lastSeen, p.releasing, p.groups = h.Boot, h.Seq, m.at, h.Releasing, h.Groups
+		if string(p.digest) != string(h.Digest) {
+			p.digest = h.Digest
+			n.mu.Lock()
+			f := n.onDigest
+			n.mu.Unlock()
+			if f != nil {
+				name, d := h.Name, h.Digest
+				n.queue.push(func() { f(name, d) })
+			}
+		}
+		e.dirty = e.dirty || changed
+	case trackMsg:
+		switch m.kind {
+		case "link":
+			e.ts.links[m.name] = m.up
+		case "script":
+			e.ts.scripts[m.name] = m.up
+		case "service":
+			e.ts.services[m.name] = m.up
+		}
+		n.log.Info("tracked state changed", "kind", m.kind, "name", m.name, "up", m.up, "detail", m.detail)
+		e.dirty = true
+	case ctlMsg:
+		switch m.op {
+		case "override":
+			for _, g := range e.groups {
+				if g.spec.Name == m.group {
+					n.log.Info("operator override", "group", m.group, "override", m.override)
+					g.override = m.override
+				}
+			}
+		}
+		e.dirty = true
+		if m.done != nil {
+			// Apply before acknowledging, so Demote returns after the release.
+			e.evaluate(time.Now())
+			close(m.done)
+		}
+	}
+}
+
+func (e *engine) deadAfter() time.Duration {
+	if c := e.n.spec.Cluster; c != nil {
+		return c.DeadAfter
+	}
+	return time.Hour
+}
+
+func (e *engine) alive(now time.Time) map[string]bool {
+	out := map[string]bool{}
+	for name, p := range e.peers {
+		if !p.releasing && now.Sub(p.lastSeen) < e.deadAfter() {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+// expired reports whether the set of alive peers changed, the start hold
+// ended, or a preempt delay ran out since the last evaluation.
+func (e *engine) expired(now time.Time) bool {
+	if !e.wake.IsZero() && !now.Before(e.wake) {
+		return true
+	}
+	if e.starting && !now.Before(e.started.Add(e.hold)) {
+		return true
+	}
+	return !maps.Equal(e.alive(now), e.aliveSet)
+}
+
+// nextWake is how long until the earliest peer deadline, hold end or
+// preempt delay.
+func (e *engine) nextWake(now time.Time) time.Duration {
+	next := now.Add(time.Hour)
+	if e.starting {
+		next = e.started.Add(e.hold)
+	}
+	for name := range e.aliveSet {
+		if p := e.peers[name]; p != nil {
+			if d := p.lastSeen.Add(e.deadAfter()); d.Before(next) {
+				next = d
+			}
+		}
+	}
+	if !e.wake.IsZero() && e.wake.Before(next) {
+		next = e.wake
+	}
+	return max(next.Sub(now), 0)
+}
+
+// evaluate runs the election and applies its decisions.
+func (e *engine) evaluate(now time.Time) {
+	n := e.n
+	e.dirty = false
+	e.aliveSet = e.alive(now)
+	e.starting = e.hold > 0 && now.Sub(e.started) < e.hold
+	in := ElectionInput{Self: n.spec.Node.Name, Now: now, Alive: map[string]map[string]GroupView{},
+		Starting: e.starting}
+	if c := n.spec.Cluster; c != nil {
+		in.Members, in.Witnesses = c.Members, c.Witnesses
+	}
+	for name := range e.aliveSet {
+		in.Alive[name] = e.peers[name].groups
+	}
+	for _, g := range e.groups {
+		prio, fault, why := effective(g.spec, n.scripts, e.ts, g.override)
+		g.prio, g.fault = prio, fault
+		in.Groups = append(in.Groups, LocalGroup{Name: g.spec.Name, Priority: prio, Fault: fault, FaultReason: why,
+			Claiming: g.claiming, Preempt: g.spec.Preempt, PreemptDelay: g.spec.PreemptDelay,
+			Force: g.override == OverridePromote, Yield: g.override == OverrideDemote})
+	}
+	res, st := Elect(in, e.st)
+	e.st, e.wake = st, res.NextWake
+	views := map[string]GroupView{}
+	for g, v := range res.Votes {
+		views[g] = GroupView{Vote: v}
+	}
+	for i, d := range res.Decisions {
+		g := e.groups[i]
+		e.apply(g, d, now)
+		views[g.spec.Name] = GroupView{Candidate: true, Priority: g.prio, Fault: g.fault,
+			Claim: g.claiming, Want: d.Want, Vote: res.Votes[g.spec.Name]}
+	}
+	e.publish(views, false)
+	e.snapshot(res)
+}
+
+// apply carries out one decision: addresses first, announcements after.
+func (e *engine) apply(g *groupRT, d Decision, now time.Time) {
+	n := e.n
+	lg := n.log.With("group", g.spec.Name)
+	want := d.Role == RoleMaster
+	if g.claiming && !want {
+		g.stopAnnouncing()
+		if err := n.addrs.remove(g.spec.Interface, g.spec.Addresses); err != nil {
+			lg.Error("releasing addresses", "err", err)
+		}
+		g.claiming = false
+	}
+	if !g.claiming && want {
+		if err := n.addrs.add(g.spec.Interface, g.spec.Addresses); err != nil {
+			lg.Error("taking addresses", "err", err)
+		}
+		g.claiming = true
+		actx, cancel := context.WithCancel(context.Background())
+		g.annCancel, g.annKick = cancel, make(chan struct{}, 1)
+		go announceLoop(actx, n.announcer, g.spec, g.annKick, lg)
+	}
+	conflict := len(d.Conflict) > 0
+	if g.claiming && conflict != g.conflict {
+		// A claim appeared (healed partition) or went away: announce again so
+		// every neighbour ends on our MAC (keepalived #166).
+		lg.Info("re-announcing after conflicting claim", "others", d.Conflict, "resolved", !conflict)
+		select {
+		case g.annKick <- struct{}{}:
+		default:
+		}
+	}
+	g.conflict = conflict
+	g.owner = d.Owner
+	if d.Role != g.role {
+		prev := g.role
+		g.role, g.since, g.reason = d.Role, now, d.Reason
+		lg.Info("state changed", "state", d.Role, "prev", prev, "owner", d.Owner, "reason", d.Reason)
+		e.emit(g, prev, now)
+	} else if d.Reason != g.reason {
+		g.reason = d.Reason
+		lg.Debug("election", "state", d.Role, "reason", d.Reason)
+	}
+}
+
+func (e *engine) emit(g *groupRT, prev Role, now time.Time) {
+	n := e.n
+	ev := Event{Group: g.spec.Name, State: g.role, Prev: prev, Owner: g.owner, Reason: g.reason, At: now}
+	spec, lg := g.spec, n.log
+	n.notes[spec.Name].push(func() { runNotify(spec, ev.State, ev.Prev, ev.Reason, lg) })
+	n.mu.Lock()
+	f := n.onEvent
+	n.mu.Unlock()
+	if f != nil {
+		n.queue.push(func() { f(ev) })
+	}
+}
+
+func (g *groupRT) stopAnnouncing() {
+	if g.annCancel != nil {
+		g.annCancel()
+		g.annCancel, g.annKick = nil, nil
+	}
+}
+
+// publish installs a new heartbeat template and sends it at once when what
+// we say changed (force: always).
+func (e *engine) publish(views map[string]GroupView, force bool) {
+	n := e.n
+	if n.send == nil {
+		return
+	}
+	n.mu.Lock()
+	dig := n.digest
+	n.mu.Unlock()
+	if !force && maps.Equal(views, e.lastViews) && string(dig) == string(e.lastDig) {
+		return
+	}
+	e.lastViews, e.lastDig = views, dig
+	h := Heartbeat{Name: n.spec.Node.Name, Boot: n.boot, Groups: views, Digest: dig, Releasing: e.released}
+	b, err := h.MarshalBinary()
+	if err != nil {
+		n.log.Error("encoding heartbeat", "err", err)
+		return
+	}
+	n.tmpl.Store(&b)
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// shutdown releases everything, tells the peers, and notifies.
+func (e *engine) shutdown() {
+	n := e.n
+	now := time.Now()
+	e.released = true
+	views := map[string]GroupView{}
+	for _, g := range e.groups {
+		if g.claiming {
+			g.stopAnnouncing()
+			if err := n.addrs.remove(g.spec.Interface, g.spec.Addresses); err != nil {
+				n.log.Error("releasing addresses", "group", g.spec.Name, "err", err)
+			}
+			g.claiming = false
+		}
+		views[g.spec.Name] = GroupView{Candidate: true, Priority: g.prio, Fault: true}
+		prev := g.role
+		g.role, g.since, g.reason, g.owner = RoleStopped, now, "stopping", ""
+		n.log.Info("state changed", "group", g.spec.Name, "state", RoleStopped, "prev", prev, "reason", "stopping")
+		e.emit(g, prev, now)
+	}
+	if n.send != nil {
+		e.publish(views, true)
+		// Sent directly too (and twice: UDP) so the peers take over without
+		// waiting for the send loop or for dead_after.
+		if p := n.tmpl.Load(); p != nil {
+			b := append([]byte(nil), *p...)
+			setSeq(b, 1<<62)
+			n.send(b)
+			setSeq(b, 1<<62+1)
+			n.send(b)
+		}
+	}
+	e.snapshot(ElectionResult{})
+}
+
+func (e *engine) snapshot(res ElectionResult) {
+	n := e.n
+	st := Status{Node: n.spec.Node.Name, Witness: n.spec.Witness, Quorum: res.Quorum, Visible: res.Visible, Needed: res.Needed}
+	gossip := map[string]string{}
+	if n.cl != nil {
+		for _, m := range n.cl.members() {
+			gossip[m.Name] = m.State
+		}
+	}
+	names := map[string]bool{}
+	if c := n.spec.Cluster; c != nil {
+		for _, m := range c.Members {
+			names[m] = true
+		}
+	}
+	for name := range e.peers {
+		names[name] = true
+	}
+	delete(names, n.spec.Node.Name)
+	for _, name := range slices.Sorted(maps.Keys(names)) {
+		ms := MemberStatus{Name: name, Alive: e.aliveSet[name], Gossip: gossip[name]}
+		if p := e.peers[name]; p != nil {
+			ms.LastSeen, ms.Boot = p.lastSeen, p.boot
+		}
+		st.Members = append(st.Members, ms)
+	}
+	for _, g := range e.groups {
+		gs := GroupStatus{Name: g.spec.Name, State: g.role, Owner: g.owner, Priority: g.prio, Base: g.spec.Priority,
+			Fault: g.fault, Reason: g.reason, Override: g.override, Since: g.since}
+		for _, a := range g.spec.Addresses {
+			gs.Addresses = append(gs.Addresses, a.String())
+		}
+		st.Groups = append(st.Groups, gs)
+	}
+	n.mu.Lock()
+	n.status = st
+	n.mu.Unlock()
+}

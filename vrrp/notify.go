@@ -1,0 +1,113 @@
+package vrrp
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+)
+
+// serialQueue runs functions one after another on its own goroutine, so
+// slow consumers (notify scripts, the daemon's event handler) never block the
+// election loop. The queue is unbounded; what goes into it is rare
+// (state transitions).
+type serialQueue struct {
+	mu      sync.Mutex
+	jobs    []func()
+	wake    chan struct{}
+	closed  bool
+	drained chan struct{}
+}
+
+func newSerialQueue() *serialQueue {
+	q := &serialQueue{wake: make(chan struct{}, 1), drained: make(chan struct{})}
+	go q.run()
+	return q
+}
+
+func (q *serialQueue) push(f func()) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.jobs = append(q.jobs, f)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close lets queued jobs finish and waits for them until ctx ends.
+func (q *serialQueue) close(ctx context.Context) {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-q.drained:
+	case <-ctx.Done():
+	}
+}
+
+func (q *serialQueue) run() {
+	defer close(q.drained)
+	for {
+		q.mu.Lock()
+		jobs, closed := q.jobs, q.closed
+		q.jobs = nil
+		q.mu.Unlock()
+		for _, f := range jobs {
+			f()
+		}
+		if closed && len(jobs) == 0 {
+			return
+		}
+		if len(jobs) == 0 {
+			<-q.wake
+		}
+	}
+}
+
+// notifyCommand picks the group's notify script for a role.
+func notifyCommand(g *GroupSpec, r Role) []string {
+	switch r {
+	case RoleMaster:
+		return g.NotifyMaster
+	case RoleBackup:
+		return g.NotifyBackup
+	case RoleFault:
+		return g.NotifyFault
+	case RoleStopped:
+		return g.NotifyStop
+	}
+	return nil
+}
+
+// runNotify runs one notify script with the LVSD_* environment, bounded by
+// the group's notify_timeout, and logs its outcome.
+func runNotify(g *GroupSpec, state, prev Role, reason string, lg *slog.Logger) {
+	argv := notifyCommand(g, state)
+	if len(argv) == 0 {
+		return
+	}
+	env := append(os.Environ(),
+		"LVSD_GROUP="+g.Name,
+		"LVSD_STATE="+state.String(),
+		"LVSD_PREV_STATE="+prev.String(),
+		"LVSD_REASON="+reason,
+	)
+	start := time.Now()
+	out, why := execOnce(context.Background(), argv, g.NotifyTimeout, env)
+	if why != "" {
+		lg.Warn("notify script failed", "group", g.Name, "state", state, "cmd", argv, "err", why, "output", out)
+		return
+	}
+	lg.Info("notify script done", "group", g.Name, "state", state, "cmd", argv,
+		"took", time.Since(start).Round(time.Millisecond), "output", out)
+}

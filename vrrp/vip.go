@@ -1,0 +1,62 @@
+package vrrp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// addresser adds and removes a group's addresses; netlinkAddresser is the
+// kernel one, tests use fakes.
+type addresser interface {
+	add(ifname string, addrs []netip.Prefix) error
+	remove(ifname string, addrs []netip.Prefix) error
+}
+
+// netlinkAddresser manages addresses in the current network namespace.
+type netlinkAddresser struct{}
+
+func toAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(p.Addr().AsSlice()),
+		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		// Usable at once: no duplicate address detection delay.
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+// add adds every address, ignoring those already present (idempotent).
+func (netlinkAddresser) add(ifname string, addrs []netip.Prefix) error {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("looking up interface %q: %w", ifname, err)
+	}
+	var errs []error
+	for _, p := range addrs {
+		if err := netlink.AddrAdd(link, toAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("adding %s to %s: %w", p, ifname, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// remove deletes every address that is present.
+func (netlinkAddresser) remove(ifname string, addrs []netip.Prefix) error {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("looking up interface %q: %w", ifname, err)
+	}
+	var errs []error
+	for _, p := range addrs {
+		err := netlink.AddrDel(link, toAddr(p))
+		if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("removing %s from %s: %w", p, ifname, err))
+		}
+	}
+	return errors.Join(errs...)
+}
