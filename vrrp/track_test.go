@@ -177,14 +177,16 @@ func TestSpecValidate(t *testing.T) {
 		mod  func(*Spec)
 		want string
 	}{
-		"priority":      {func(s *Spec) { s.Groups[0].Priority = 255 }, `vip_group[0] "web": priority 255 out of range 1..254`},
-		"no key":        {func(s *Spec) { s.Cluster.Key = nil }, "key_file: required unless insecure"},
-		"short key":     {func(s *Spec) { s.Cluster.Key = make([]byte, 16) }, "16 bytes, want 32"},
-		"bad peer":      {func(s *Spec) { s.Cluster.Peers = []string{"nohost"} }, `cluster.peers[0] "nohost"`},
-		"witness":       {func(s *Spec) { s.Cluster.Witnesses = []string{"x"} }, `witnesses[0] "x": not in members`},
-		"self":          {func(s *Spec) { s.Cluster.Members = []string{"b", "c", "w"} }, "does not list this node"},
-		"dead_after":    {func(s *Spec) { s.Cluster.DeadAfter = 30 * time.Millisecond }, "at least twice heartbeat_interval"},
-		"dup vip":       {func(s *Spec) { s.Groups = append(s.Groups, GroupSpec{Name: "db", Addresses: s.Groups[0].Addresses, Priority: 1}) }, "already in vip_group"},
+		"priority":   {func(s *Spec) { s.Groups[0].Priority = 255 }, `vip_group[0] "web": priority 255 out of range 1..254`},
+		"no key":     {func(s *Spec) { s.Cluster.Key = nil }, "key_file: required unless insecure"},
+		"short key":  {func(s *Spec) { s.Cluster.Key = make([]byte, 16) }, "16 bytes, want 32"},
+		"bad peer":   {func(s *Spec) { s.Cluster.Peers = []string{"nohost"} }, `cluster.peers[0] "nohost"`},
+		"witness":    {func(s *Spec) { s.Cluster.Witnesses = []string{"x"} }, `witnesses[0] "x": not in members`},
+		"self":       {func(s *Spec) { s.Cluster.Members = []string{"b", "c", "w"} }, "does not list this node"},
+		"dead_after": {func(s *Spec) { s.Cluster.DeadAfter = 30 * time.Millisecond }, "at least twice heartbeat_interval"},
+		"dup vip": {func(s *Spec) {
+			s.Groups = append(s.Groups, GroupSpec{Name: "db", Addresses: s.Groups[0].Addresses, Priority: 1})
+		}, "already in vip_group"},
 		"track script":  {func(s *Spec) { s.Groups[0].TrackScript = []TrackRef{{Name: "nope"}} }, `no [[track_script]] named "nope"`},
 		"witness group": {func(s *Spec) { s.Witness = true }, "witness: must have no vip_group"},
 		"no interface":  {func(s *Spec) { s.Node.Interface = "" }, "interface: none given"},
