@@ -1,0 +1,38 @@
+# lvsd: the README explains the targets. Lab targets need root (namespaces,
+# apt-get); the first lab run installs qemu and a kernel into the cache.
+GO ?= go
+LAB := $(GO) run ./cmd/lvslab
+
+.PHONY: test test-host test-lab demo lab-setup vet bench
+
+# The whole suite: host tests, then lab-tagged tests in one VM boot.
+test:
+	@start=$$(date +%s); rc=0; \
+	echo "== host tests: $(GO) test -race ./..."; \
+	$(GO) test -race ./... || rc=1; \
+	echo "== lab tests (in the VM): $(LAB) test ./..."; \
+	$(LAB) test ./... || rc=1; \
+	echo "make test: total $$(( $$(date +%s) - start ))s, $$( [ $$rc = 0 ] && echo PASS || echo FAIL )"; \
+	exit $$rc
+
+test-host:
+	$(GO) test -race ./...
+
+test-lab:
+	$(LAB) test ./...
+
+# The main job, live: a persistent IPVS service in the VM serving clients.
+demo:
+	$(LAB) demo
+
+lab-setup:
+	$(LAB) setup
+
+vet:
+	test -z "$$(gofmt -l .)"
+	$(GO) vet ./...
+	$(GO) vet -tags lab ./...
+
+# Benchmarks print figures; they never assert speed.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
