@@ -23,8 +23,9 @@ const (
 
 // Apply performs the writes in order, many per sendmsg, and returns nil when
 // every op succeeded, otherwise a slice of len(ops) with each op's error (nil
-// where it succeeded). A failed op does not stop the others. Errors from the
-// kernel unwrap to a *KernelError and its syscall.Errno.
+// where it succeeded). A failed op does not stop the others. Each error is
+// an *OpError; those from the kernel unwrap to a *KernelError and its
+// syscall.Errno.
 func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	if len(ops) == 0 {
 		return nil
@@ -32,7 +33,7 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	errs := make([]error, len(ops))
 	failed := false
 	fail := func(i int, err error) {
-		errs[i] = fmt.Errorf("ipvsnl: op %d (%s): %w", i, ops[i], err)
+		errs[i] = &OpError{Index: i, Op: ops[i], Err: err}
 		failed = true
 	}
 
@@ -94,6 +95,19 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	}
 	return errs
 }
+
+// OpError is the error of one op of [Client.Apply].
+type OpError struct {
+	Index int // position in the ops slice
+	Op    Op
+	Err   error
+}
+
+func (e *OpError) Error() string {
+	return fmt.Sprintf("ipvsnl: op %d (%s): %v", e.Index, e.Op, e.Err)
+}
+
+func (e *OpError) Unwrap() error { return e.Err }
 
 type result struct {
 	done bool
