@@ -496,6 +496,8 @@ func (r *Reconciler) pickResyncBatch() []ServiceKey {
 // add). drift, when non-nil, holds resync findings: each such service is
 // logged once with what was done. Caller holds mu.
 func (r *Reconciler) applyKeys(ctx context.Context, keys []ServiceKey, drift map[ServiceKey]string) (Result, error) {
+	start := time.Now()
+	spanKeys := len(keys)
 	var res Result
 	var errs []error
 	done := make(map[ServiceKey][]string, len(drift))
@@ -589,7 +591,8 @@ func (r *Reconciler) applyKeys(ctx context.Context, keys []ServiceKey, drift map
 		r.stats.Failed[k] += res.Failed[k]
 	}
 	if n := res.Ops.Total() + res.Failed.Total(); n > 0 {
-		r.log.Debug("ipvs writes", "done", res.Ops.String(), "failed", res.Failed.String(), "pending", res.Pending)
+		r.log.Info("ipvs writes", "services", spanKeys, "done", res.Ops.String(), "failed", res.Failed.String(),
+			"pending", res.Pending, "took", time.Since(start))
 	}
 	if len(errs) > 0 {
 		return res, fmt.Errorf("%d ipvs writes failed: %w", len(errs), joinCapped(errs))

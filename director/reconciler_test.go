@@ -136,6 +136,23 @@ func TestAdoptDifferingWeightIsOneUpdate(t *testing.T) {
 	wantTable(t, fake, set)
 }
 
+func TestAdoptRemovesUndesiredDestinations(t *testing.T) {
+	ctx := context.Background()
+	fake := dptest.New()
+	set := seedSet()
+	for _, d := range set {
+		fake.Put(d.Service, d.Destinations...)
+	}
+	stray := dest("2001:db8::99", 443, 1) // removed from the config while lvsd was down
+	fake.SetDest(set[4].Service.Key, stray)
+	r, _ := newReconciler(t, fake)
+	if _, err := r.Adopt(ctx, set, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantOps(t, fake.Writes(), `del-dest tcp:[2001:db8::63]:443 [2001:db8::99]:443 w=1 dr`)
+	wantTable(t, fake, set)
+}
+
 func TestAdoptLeavesUnownedAndDeletesOrphans(t *testing.T) {
 	ctx := context.Background()
 	fake := dptest.New()
