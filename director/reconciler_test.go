@@ -598,7 +598,7 @@ func TestConcurrentUse(t *testing.T) {
 			for i := range 50 {
 				d := set[g]
 				d.Destinations = slices.Clone(d.Destinations)
-				d.Destinations[0].Weight = i % 3
+				d.Destinations[0].Weight = 10 + i%3
 				if _, err := r.SyncService(ctx, d); err != nil {
 					t.Error(err)
 					return
@@ -626,7 +626,7 @@ func TestConcurrentUse(t *testing.T) {
 	// Converged: after a resync or two the kernel equals the last desired state.
 	final := seedSet()
 	for i := range final {
-		final[i].Destinations[0].Weight = 49 % 3
+		final[i].Destinations[0].Weight = 10 + 49%3
 	}
 	for range 3 {
 		if _, err := r.Resync(ctx); err != nil {
