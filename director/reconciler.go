@@ -574,17 +574,27 @@ func (r *Reconciler) applyKeys(ctx context.Context, keys []ServiceKey, drift map
 	}
 	res.Pending = len(pending)
 	r.stats.Drift += uint64(res.Drift)
-	for k, what := range done {
+	logged := make([]ServiceKey, 0, len(drift)+len(done))
+	for k := range drift {
+		logged = append(logged, k)
+	}
+	for k := range done {
+		if _, ok := drift[k]; !ok {
+			logged = append(logged, k)
+		}
+	}
+	slices.SortFunc(logged, ServiceKey.Compare) // stable log order
+	for _, k := range logged {
 		note, fromResync := drift[k]
 		if !fromResync {
 			note = "kernel answers differed from the record"
 		}
-		r.log.Warn("ipvs drift repaired", "service", k.String(), "drift", note, "repair", strings.Join(what, "; then "))
-	}
-	for k := range drift {
-		if _, ok := done[k]; !ok {
-			r.log.Warn("ipvs drift recorded", "service", k.String(), "drift", drift[k], "repair", "none needed")
+		what, repaired := done[k]
+		if !repaired {
+			r.log.Warn("ipvs drift recorded", "service", k.String(), "drift", note, "repair", "none needed")
+			continue
 		}
+		r.log.Warn("ipvs drift repaired", "service", k.String(), "drift", note, "repair", strings.Join(what, "; then "))
 	}
 	for k := range r.stats.Ops {
 		r.stats.Ops[k] += res.Ops[k]
