@@ -69,7 +69,7 @@ const (
 	daemonAttrSyncMaxLen uint16 = 4
 	daemonAttrMcastGroup uint16 = 5 // IPv4 address bytes
 	daemonAttrMcastGrp6  uint16 = 6
-	daemonAttrMcastPort  uint16 = 7 // big endian
+	daemonAttrMcastPort  uint16 = 7 // host order (nla_get_u16)
 	daemonAttrMcastTTL   uint16 = 8
 )
 

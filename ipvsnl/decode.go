@@ -243,7 +243,7 @@ func decodeDaemon(ad *netlink.AttributeDecoder) (SyncDaemon, error) {
 				return nil
 			})
 		case daemonAttrMcastPort:
-			ad.Do(func(b []byte) (err error) { d.Port, err = beUint16(b); return })
+			d.Port = ad.Uint16() // host order, unlike service ports
 		case daemonAttrMcastTTL:
 			d.TTL = ad.Uint8()
 		}

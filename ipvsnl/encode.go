@@ -289,7 +289,8 @@ func encodeDaemon(d SyncDaemon) ([]byte, error) {
 			}
 		}
 		if d.Port != 0 {
-			nae.Bytes(daemonAttrMcastPort, be16(d.Port))
+			// Unlike service ports, the kernel reads this one in host order.
+			nae.Uint16(daemonAttrMcastPort, d.Port)
 		}
 		if d.TTL != 0 {
 			nae.Uint8(daemonAttrMcastTTL, d.TTL)

@@ -183,7 +183,7 @@ func TestEncodeDaemon(t *testing.T) {
 		daemonAttrSyncID:     ne32(7),
 		daemonAttrSyncMaxLen: ne16(1400),
 		daemonAttrMcastGroup: {239, 1, 2, 3},
-		daemonAttrMcastPort:  {0x22, 0x90},
+		daemonAttrMcastPort:  ne16(8848),
 		daemonAttrMcastTTL:   {2},
 	}
 	for typ, w := range want {

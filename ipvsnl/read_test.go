@@ -207,7 +207,7 @@ func TestDaemonsAndInfo(t *testing.T) {
 					n.String(daemonAttrMcastIfn, d.ifn)
 					n.Uint32(daemonAttrSyncID, 9)
 					n.Uint16(daemonAttrSyncMaxLen, 1472)
-					n.Bytes(daemonAttrMcastPort, be16(8848))
+					n.Uint16(daemonAttrMcastPort, 8848)
 					n.Uint8(daemonAttrMcastTTL, 1)
 					n.Bytes(d.groupAt, d.group)
 					return nil
