@@ -135,8 +135,8 @@ func boot(ctx context.Context, f vmFlags, script string, env []string, stdout, s
 		Stdout: stdout, Stderr: stderr,
 	}, log)
 	if res != nil {
-		fmt.Fprintf(stderr, "lvslab: VM (%s, kernel %s): boot %.2fs, modules loaded at %.2fs, total %.2fs\n",
-			res.Accel, a.KernelVersion, res.Boot.Seconds(), res.Ready.Seconds(), res.Total.Seconds())
+		fmt.Fprintf(stderr, "lvslab: VM (%s, kernel %s): boot %.2fs, total %.2fs\n",
+			res.Accel, a.KernelVersion, res.Boot.Seconds(), res.Total.Seconds())
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("%w (limit -timeout %s)", err, f.timeout)

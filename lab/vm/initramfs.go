@@ -68,14 +68,15 @@ mount --move /dev /newroot/dev
 exec switch_root /newroot /.lvslab/busybox sh ` + guestIODir + `/stage2.sh
 `
 
-// ensureInitramfs builds (once per kernel, busybox and init script) the
-// initramfs: busybox, init, and the modules initModules need, in load order.
+// ensureInitramfs builds (once per kernel, busybox, init script and module
+// set) the initramfs: busybox, init, and the modules init loads (initModules,
+// then the guest modules), with their dependencies, in load order.
 func ensureInitramfs(ctx context.Context, cacheDir string, a *Assets, log *slog.Logger) (string, error) {
 	ix, err := loadModIndex(a.ModulesDir)
 	if err != nil {
 		return "", err
 	}
-	order, err := ix.loadOrder(initModules)
+	order, err := ix.loadOrder(append(append([]string{}, initModules...), guestModules(ix)...))
 	if err != nil {
 		return "", fmt.Errorf("initramfs modules: %w", err)
 	}
