@@ -78,8 +78,9 @@ type Options struct {
 const batchWindow = 2 * time.Millisecond
 
 // Monitor runs checks on a schedule kept in one min-heap, served by one
-// timer goroutine; each due check runs on its own short-lived goroutine, so
-// idle checks cost a heap slot, not a sleeping goroutine and a timer.
+// timer goroutine that hands due checks to a pool of workers (as many as
+// checks in flight), so a waiting check costs a heap slot, not a sleeping
+// goroutine and a timer.
 type Monitor struct {
 	log     *slog.Logger
 	build   func(Spec) (Checker, error)
@@ -87,9 +88,11 @@ type Monitor struct {
 	notify  *notifier
 	ctx     context.Context
 	cancel  context.CancelFunc
-	sem     chan struct{}
+	jobs    chan *entry // to idle workers
+	workers atomic.Int32
+	max     int32
 	wake    chan struct{}
-	wg      sync.WaitGroup // scheduler, dispatcher and running checks
+	wg      sync.WaitGroup // scheduler, dispatcher and workers
 	checks  atomic.Uint64
 	closed  sync.Once
 	upd     sync.Mutex // serialises Update
@@ -136,7 +139,8 @@ func NewMonitor(opts Options) *Monitor {
 		history: opts.History,
 		ctx:     ctx,
 		cancel:  cancel,
-		sem:     make(chan struct{}, opts.MaxInFlight),
+		jobs:    make(chan *entry),
+		max:     int32(min(opts.MaxInFlight, 1<<20)),
 		wake:    make(chan struct{}, 1),
 		entries: make(map[Key]*entry),
 	}
@@ -363,13 +367,9 @@ func (m *Monitor) schedule() {
 		m.mu.Unlock()
 
 		for _, e := range due {
-			select {
-			case m.sem <- struct{}{}:
-			case <-m.ctx.Done():
+			if !m.dispatch(e) {
 				return
 			}
-			m.wg.Add(1)
-			go m.run(e)
 		}
 		timer.Reset(wait)
 		select {
@@ -381,12 +381,57 @@ func (m *Monitor) schedule() {
 	}
 }
 
+// workerIdle is how long an idle worker waits for work before it exits, so
+// a burst of slow checks does not leave thousands of goroutines behind.
+const workerIdle = 10 * time.Second
+
+// dispatch hands e to an idle worker, or starts one if fewer than max
+// exist, or waits for one; false when closing.
+func (m *Monitor) dispatch(e *entry) bool {
+	select {
+	case m.jobs <- e:
+		return true
+	default:
+	}
+	if m.workers.Load() < m.max {
+		m.workers.Add(1)
+		m.wg.Add(1)
+		go m.worker(e)
+		return true
+	}
+	select {
+	case m.jobs <- e:
+		return true
+	case <-m.ctx.Done():
+		return false
+	}
+}
+
+// worker runs checks until it has been idle for workerIdle. Workers are
+// reused rather than started per check: a fresh goroutine would grow its
+// stack through the dialer's deep call chain on every check.
+func (m *Monitor) worker(e *entry) {
+	defer m.wg.Done()
+	defer m.workers.Add(-1)
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		m.run(e)
+		idle.Reset(workerIdle)
+		select {
+		case e = <-m.jobs:
+		case <-idle.C:
+			return
+		case <-m.ctx.Done():
+			return
+		}
+	}
+}
+
 // run performs one check and folds in its result.
 func (m *Monitor) run(e *entry) {
-	defer m.wg.Done()
 	planned := e.next
 	res := e.checker.Check(m.ctx, e.target)
-	<-m.sem
 	if m.ctx.Err() != nil {
 		return // closing: the result says nothing about the backend
 	}

@@ -94,7 +94,7 @@ func TestMonitorTCPDownAndUp(t *testing.T) {
 	events := make(chan Event, 16)
 	m := NewMonitor(Options{Logger: quietLogger(), OnTransition: func(e Event) { events <- e }})
 	t.Cleanup(func() { m.Close() })
-	if err := m.Update([]Check{{Key: key, Spec: Spec{Type: TypeTCP, Interval: 50 * time.Millisecond, Timeout: 40 * time.Millisecond, Rise: 2, Fall: 2}}}); err != nil {
+	if err := m.Update([]Check{{Key: key, Spec: Spec{Type: TypeTCP, Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2}}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 2*time.Second, "first results", func() bool { st, _ := m.Status(key); return st.Checks >= 2 })
@@ -416,7 +416,7 @@ func TestMonitorFlappingTCP(t *testing.T) {
 	m := NewMonitor(Options{Logger: quietLogger()})
 	t.Cleanup(func() { m.Close() })
 	key := Key{"flap", netip.MustParseAddrPort(addr)}
-	spec := Spec{Type: TypeTCP, Interval: 100 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 2, Fall: 3}
+	spec := Spec{Type: TypeTCP, Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 3}
 	if err := m.Update([]Check{{Key: key, Spec: spec}}); err != nil {
 		t.Fatal(err)
 	}

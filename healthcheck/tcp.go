@@ -16,7 +16,9 @@ type tcpChecker struct {
 
 func newTCP(s Spec) *tcpChecker {
 	b := newBase(s)
-	return &tcpChecker{base: b, d: b.dialer()}
+	d := b.dialer()
+	d.KeepAlive = -1 // the connection lives for microseconds
+	return &tcpChecker{base: b, d: d}
 }
 
 func (c *tcpChecker) Check(ctx context.Context, t Target) Result {

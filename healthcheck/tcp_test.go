@@ -20,8 +20,16 @@ func targetOf(t *testing.T, addr net.Addr) Target {
 	return Target{Addr: ap.Addr(), Port: ap.Port()}
 }
 
+// mustNew builds a checker; tests that do not test the timeout get a
+// generous one, so a loaded machine running -race does not fail them.
 func mustNew(t *testing.T, s Spec) Checker {
 	t.Helper()
+	if s.Timeout == 0 {
+		s.Timeout = 5 * time.Second
+		if s.Interval == 0 {
+			s.Interval = 10 * time.Second
+		}
+	}
 	c, err := New(s)
 	if err != nil {
 		t.Fatalf("New(%+v): %v", s, err)

@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +49,7 @@ type config struct {
 	check      string
 	mode       string
 	keepalived string
+	cpuprofile string
 }
 
 func main() {
@@ -61,6 +63,7 @@ func main() {
 	flag.StringVar(&c.check, "check", "tcp", "check type: tcp or http")
 	flag.StringVar(&c.mode, "mode", "monitor", "monitor (lvsd's scheduler) or goroutines (one goroutine and ticker per check, for comparison)")
 	flag.StringVar(&c.keepalived, "keepalived", "auto", "auto (run if installable), on, or off")
+	flag.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the measured lvsd window to this file")
 	flag.Parse()
 	if err := c.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "health bench:", err)
@@ -275,8 +278,21 @@ func runLVSD(ctx context.Context, c config, srv *server) (figures, error) {
 	var ru0, ru1 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	c0, a0, t0 := count(), srv.accepted(), time.Now()
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile)
+		if err != nil {
+			return figures{}, fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return figures{}, fmt.Errorf("cpu profile: %w", err)
+		}
+	}
 	if err := sleepCtx(ctx, c.duration); err != nil {
 		return figures{}, err
+	}
+	if c.cpuprofile != "" {
+		pprof.StopCPUProfile()
 	}
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	c1, a1, el := count(), srv.accepted(), time.Since(t0)
