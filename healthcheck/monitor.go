@@ -213,6 +213,11 @@ func (m *Monitor) Update(checks []Check) error {
 			errs = append(errs, fmt.Errorf("check %s: %w", c.Key, errors.Join(terrs...)))
 			continue
 		}
+		if src, dst := spec.Source, c.Key.Backend.Addr(); src.IsValid() && src.Unmap().Is4() != dst.Unmap().Is4() {
+			errs = append(errs, fmt.Errorf("check %s: %w", c.Key,
+				fieldErr("source", "%s and backend %s are of different address families", src, dst)))
+			continue
+		}
 		if spec.NeedsPort() && c.target(spec).Port == 0 {
 			errs = append(errs, fmt.Errorf("check %s: %w", c.Key,
 				fieldErr("port", "backend port is 0; set the check's port")))

@@ -222,6 +222,8 @@ func TestMonitorUpdateErrors(t *testing.T) {
 		{[]Check{{Key: Key{"pcc", netip.MustParseAddrPort("198.18.2.1:0")}, Spec: Spec{Type: TypeTCP}}},
 			[]string{"check pcc/198.18.2.1:0", "port: backend port is 0"}},
 		{[]Check{good, good}, []string{"listed twice"}},
+		{[]Check{{Key: Key{"v6", netip.MustParseAddrPort("[2001:db8::1]:80")}, Spec: Spec{Type: TypeTCP, Source: netip.MustParseAddr("198.18.0.1")}}},
+			[]string{"source: 198.18.0.1 and backend 2001:db8::1 are of different address families"}},
 	}
 	for _, c := range cases {
 		err := m.Update(c.checks)

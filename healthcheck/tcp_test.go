@@ -161,3 +161,22 @@ func TestTCPCheck(t *testing.T) {
 		}
 	})
 }
+
+func TestTCPCheckIPv6(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer ln.Close()
+	go acceptForever(ln, nil)
+	tg := targetOf(t, ln.Addr())
+	if r := mustNew(t, Spec{Type: TypeTCP, Source: netip.MustParseAddr("::1")}).Check(context.Background(), tg); !r.OK {
+		t.Fatalf("got %+v", r)
+	}
+	// An IPv4 source cannot reach an IPv6 target: a clear failure, not a hang.
+	r := mustNew(t, Spec{Type: TypeTCP, Source: netip.MustParseAddr("127.0.0.1")}).Check(context.Background(), tg)
+	if r.OK || r.Reason == "" {
+		t.Fatalf("mixed families: got %+v", r)
+	}
+	t.Logf("mixed families reason: %q", r.Reason)
+}
