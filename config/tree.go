@@ -76,6 +76,9 @@ type source struct {
 	file       string
 	data       []byte
 	lineStarts []int
+	// the last position computed: columns of later offsets on the same
+	// line continue from it, so many errors on one long line stay linear.
+	lastLine, lastOff, lastCol int
 }
 
 func (s *source) pos(off uint32) Pos {
@@ -92,7 +95,12 @@ func (s *source) pos(off uint32) Pos {
 	if !found {
 		line--
 	}
-	col := utf8.RuneCount(s.data[s.lineStarts[line]:o]) + 1
+	from, col := s.lineStarts[line], 1
+	if line == s.lastLine && o >= s.lastOff && s.lastCol > 0 {
+		from, col = s.lastOff, s.lastCol
+	}
+	col += utf8.RuneCount(s.data[from:o])
+	s.lastLine, s.lastOff, s.lastCol = line, o, col
 	return Pos{File: s.file, Line: line + 1, Col: col}
 }
 
@@ -307,6 +315,10 @@ func (b *treeBuilder) value(n *unstable.Node) *value {
 		v.kind, v.num = kInt, i
 	case unstable.Float:
 		v.kind, v.str = kFloat, string(n.Data)
+		if !validFloat(v.str) {
+			b.fail(v.off, "float %s is out of range", n.Data)
+			return nil
+		}
 	case unstable.LocalDate, unstable.LocalTime, unstable.LocalDateTime, unstable.DateTime:
 		v.kind, v.str = kDatetime, string(n.Data)
 	case unstable.Array:
@@ -378,4 +390,14 @@ func parseInt(s string) (int64, error) {
 		}
 	}
 	return strconv.ParseInt(s, 10, 64)
+}
+
+// validFloat reports whether a float the parser delimited fits in 64 bits.
+func validFloat(s string) bool {
+	s = strings.ReplaceAll(s, "_", "")
+	if t := strings.TrimLeft(s, "+-"); t == "inf" || t == "nan" {
+		return true
+	}
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil
 }

@@ -1,0 +1,217 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	gotoml "github.com/pelletier/go-toml/v2"
+)
+
+// generic converts a tree to plain Go values shaped like BurntSushi/toml's
+// decoding into map[string]any; datetimes become a marker, since only their
+// kind matters to lvsd (no key takes one).
+func generic(v *value) any {
+	switch v.kind {
+	case kString:
+		return v.str
+	case kInt:
+		return v.num
+	case kBool:
+		return v.b
+	case kFloat:
+		s := strings.ReplaceAll(v.str, "_", "")
+		switch strings.TrimLeft(s, "+-") {
+		case "inf":
+			if strings.HasPrefix(s, "-") {
+				return math.Inf(-1)
+			}
+			return math.Inf(1)
+		case "nan":
+			return "nan"
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return "bad float " + s
+		}
+		return f
+	case kDatetime:
+		return "datetime"
+	case kArray:
+		out := make([]any, len(v.arr))
+		for i, e := range v.arr {
+			out[i] = generic(e)
+		}
+		return out
+	case kTable:
+		return genericTable(v.tab)
+	}
+	return fmt.Sprintf("kind %d", v.kind)
+}
+
+func genericTable(t *table) map[string]any {
+	m := make(map[string]any, len(t.keys))
+	for _, k := range t.keys {
+		m[k] = generic(t.vals[k])
+	}
+	return m
+}
+
+// normalize reshapes a decoder's output the same way.
+func normalize(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = normalize(e)
+		}
+		return m
+	case []map[string]any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = normalize(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = normalize(e)
+		}
+		return out
+	case float64:
+		if math.IsNaN(x) {
+			return "nan"
+		}
+		return x
+	case string, int64, bool:
+		return x
+	case int:
+		return int64(x)
+	}
+	return "datetime"
+}
+
+// compareWithDecoder parses doc with the tree and with go-toml's own
+// decoder (which passes the toml-test suite; BurntSushi/toml accepts some
+// documents the spec forbids, such as "a.b = 1\na = 2") and reports any
+// disagreement on validity or values.
+func compareWithDecoder(doc string) error {
+	e := &errs{}
+	tree, ok := parseTree(&source{file: "t.toml", data: []byte(doc)}, e)
+	mine := ok && len(e.list) == 0
+
+	var theirs map[string]any
+	err := gotoml.Unmarshal([]byte(doc), &theirs)
+	if mine && err != nil && hasDatetime(&value{kind: kTable, tab: tree}) {
+		// The parser only delimits datetimes; go-toml's decoder also checks
+		// their fields. No lvsd key takes a datetime, so any datetime is a
+		// type error later anyway.
+		return nil
+	}
+	switch {
+	case mine && err != nil:
+		return fmt.Errorf("accepted, go-toml rejects: %v", err)
+	case !mine && err == nil:
+		return fmt.Errorf("rejected (%v), go-toml accepts", e.list)
+	case mine:
+		if got, want := genericTable(tree), normalize(theirs); !reflect.DeepEqual(got, want) {
+			return fmt.Errorf("values differ:\n got %#v\nwant %#v", got, want)
+		}
+	}
+	return nil
+}
+
+func hasDatetime(v *value) bool {
+	switch v.kind {
+	case kDatetime:
+		return true
+	case kArray:
+		for _, e := range v.arr {
+			if hasDatetime(e) {
+				return true
+			}
+		}
+	case kTable:
+		for _, e := range v.tab.vals {
+			if hasDatetime(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var tomlCases = []string{
+	// valid
+	"a = 1\nb = \"x\"\nc = [1, 2]\n",
+	"[a.b.c]\nx = 1\n[a]\ny = 2\n",
+	"[fruit]\napple.color = \"red\"\napple.taste.sweet = true\n[fruit.apple.texture]\nsmooth = true\n",
+	"[[s]]\nn = 1\n[[s.b]]\nx = 1\n[[s.b]]\nx = 2\n[s.c]\nz = 1\n[[s]]\nn = 2\n",
+	"t = { a = 1, b.c = 2 }\n",
+	"a = [{ x = 1 }, { x = 2 }]\n",
+	"x = 0xff\ny = 0o17\nz = 0b101\nw = 1_000\nf = 1.5e3\ng = -inf\nh = nan\n",
+	"'quoted key' = 1\n\"a.b\" = 2\n",
+	"d = 1979-05-27T07:32:00Z\n",
+	"s = \"\"\"\nmulti\nline\"\"\"\n",
+	"[a]\n[a.b]\n[a.c]\n",
+	// invalid
+	"a = 1\na = 2\n",
+	"[a]\n[a]\n",
+	"[fruit]\napple.color = \"red\"\n[fruit.apple]\n",
+	"t = { a = 1 }\n[t]\n",
+	"t = { a = 1 }\n[t.b]\n",
+	"a = [1]\n[[a]]\n",
+	"a = 1\n[a]\n",
+	"[[a]]\n[a]\n",
+	"[a]\nb = 1\n[a.b]\n",
+	"a.b = 1\na = 2\n",
+	"a.b = 1\n[a]\n",
+	"x = 9223372036854775808\n",
+	"x = 0xffffffffffffffff\n",
+	"[a.b.c]\nz = 9\n[a]\nb.c.t = 1\n",
+	"[[a]]\n[a.b]\nx = 1\n[[a]]\n[a.b]\nx = 2\n",
+	"a = 01\n",
+	"a = \"x\" b = 1\n",
+}
+
+func TestTreeMatchesDecoder(t *testing.T) {
+	for _, doc := range tomlCases {
+		if err := compareWithDecoder(doc); err != nil {
+			t.Errorf("%q: %v", doc, err)
+		}
+	}
+}
+
+// FuzzTreeMatchesDecoder checks that the positional tree accepts exactly the
+// documents go-toml's decoder accepts, with the same values.
+func FuzzTreeMatchesDecoder(f *testing.F) {
+	for _, doc := range tomlCases {
+		f.Add(doc)
+	}
+	f.Fuzz(func(t *testing.T, doc string) {
+		if err := compareWithDecoder(doc); err != nil {
+			t.Fatalf("%q: %v", doc, err)
+		}
+	})
+}
+
+func TestPositions(t *testing.T) {
+	src := &source{file: "f", data: []byte("a = 1\n# ü comment\n  bé = \"x\"\n")}
+	for _, tc := range []struct {
+		off  uint32
+		want Pos
+	}{
+		{0, Pos{"f", 1, 1}},
+		{4, Pos{"f", 1, 5}},
+		{6, Pos{"f", 2, 1}},
+		{24, Pos{"f", 3, 5}}, // after "  bé": é is two bytes but one column
+		{1000, Pos{"f", 4, 1}},
+	} {
+		if got := src.pos(tc.off); got != tc.want {
+			t.Errorf("pos(%d) = %v, want %v", tc.off, got, tc.want)
+		}
+	}
+}
