@@ -36,11 +36,18 @@ func (l *logBuf) String() string {
 	return l.b.String()
 }
 
-func newReconciler(t *testing.T, fake *dptest.Fake, opts ...director.Option) (*director.Reconciler, *logBuf) {
+// newReconciler returns a reconciler whose logs are kept for assertions and
+// printed if the test fails.
+func newReconciler(t *testing.T, dp director.Dataplane, opts ...director.Option) (*director.Reconciler, *logBuf) {
 	t.Helper()
 	logs := &logBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	return director.New(fake, log, opts...), logs
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("reconciler log:\n%s", logs)
+		}
+	})
+	return director.New(dp, log, opts...), logs
 }
 
 // seedSet is the seed's three persistence models mapped into 198.18.0.0/15,
