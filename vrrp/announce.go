@@ -98,7 +98,7 @@ const confirmDelay = 1100 * time.Millisecond
 // ctx ends.
 func announceLoop(ctx context.Context, a announcer, g *GroupSpec, kick <-chan struct{}, lg *slog.Logger) {
 	round := func() {
-		if err := a.announce(g.Interface, g.Addresses); err != nil {
+		if err := a.announce(g.Interface, g.Addresses); err != nil && ctx.Err() == nil {
 			lg.Warn("announcing addresses failed", "group", g.Name, "err", err)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -266,6 +267,8 @@ func (n *Node) Stop(ctx context.Context) error {
 	}
 }
 
+var debugHB = os.Getenv("LVSD_DEBUG_HB") != ""
+
 type hbMsg struct {
 	h  Heartbeat
 	at time.Time
@@ -314,15 +317,16 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer close(n.finished)
 	lg := n.log
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	if c := n.spec.Cluster; c != nil && c.Realtime > 0 {
 		if err := setRealtime(c.Realtime); err != nil {
 			lg.Warn("realtime scheduling unavailable", "err", err)
 		} else {
 			lg.Info("realtime scheduling enabled", "policy", "SCHED_RR", "priority", c.Realtime)
+			go keepRealtime(runCtx, c.Realtime, 5*time.Second)
 		}
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	n.queue = newSerialQueue()
 	defer n.queue.close(context.Background())
 
@@ -400,6 +404,17 @@ loop:
 		case m := <-n.inbox:
 			e.handle(m)
 		case <-timer.C:
+			// A deadline passed: first take in whatever arrived meanwhile
+			// (this loop may have been scheduled late), so a peer is not
+			// declared dead with its heartbeat waiting in the inbox.
+			for drained := false; !drained; {
+				select {
+				case m := <-n.inbox:
+					e.handle(m)
+				default:
+					drained = true
+				}
+			}
 		}
 		now := time.Now()
 		if e.dirty || e.expired(now) {
@@ -426,6 +441,9 @@ func (n *Node) receive(kind byte, payload []byte, at time.Time) {
 		if err := h.UnmarshalBinary(append([]byte{kind}, payload...)); err != nil {
 			n.log.Debug("dropping malformed heartbeat", "err", err)
 			return
+		}
+		if debugHB {
+			n.log.Debug("hb recv", "from", h.Name, "seq", h.Seq)
 		}
 		n.post(hbMsg{h: h, at: at})
 	case msgUser:
@@ -485,6 +503,9 @@ func (e *engine) handle(m any) {
 	switch m := m.(type) {
 	case hbMsg:
 		h := m.h
+		if debugHB {
+			n.log.Debug("hb handle", "from", h.Name, "seq", h.Seq, "queued", time.Since(m.at))
+		}
 		if h.Name == n.spec.Node.Name {
 			if h.Boot != n.boot {
 				n.log.Warn("heartbeat from another node using our name", "name", h.Name)
@@ -602,7 +623,20 @@ func (e *engine) nextWake(now time.Time) time.Duration {
 func (e *engine) evaluate(now time.Time) {
 	n := e.n
 	e.dirty = false
-	e.aliveSet = e.alive(now)
+	alive := e.alive(now)
+	for name := range alive {
+		if !e.aliveSet[name] {
+			n.log.Info("peer alive", "peer", name)
+		}
+	}
+	for name := range e.aliveSet {
+		if !alive[name] {
+			p := e.peers[name]
+			n.log.Info("peer dead", "peer", name, "releasing", p.releasing,
+				"silent", now.Sub(p.lastSeen).Round(time.Millisecond), "last_seq", p.seq)
+		}
+	}
+	e.aliveSet = alive
 	e.starting = e.hold > 0 && now.Sub(e.started) < e.hold
 	in := ElectionInput{Self: n.spec.Node.Name, Now: now, Alive: map[string]map[string]GroupView{},
 		Starting: e.starting}
