@@ -1,0 +1,533 @@
+// Command failover measures client-observed VIP failover in network
+// namespaces on the host (issue 5): two directors and a client on one bridge
+// (lab/topo); each director answers TCP on the VIP while it owns it; the
+// client starts a new connect every 10 ms with a 100 ms timeout; the owner's
+// link goes down (or it is stopped gracefully) at a random phase; the
+// failover time is from that moment to the end of the first successful
+// connect started after it. The same runs with keepalived (VRRPv3 advert_int
+// 0.1 and VRRPv2 advert_int 1) in the same topology, and the ratios are
+// printed. -stability runs an lvsd pair under a CPU hog and counts ownership
+// changes.
+//
+//	go run ./bench/failover -trials 10
+//	go run ./bench/failover -stability 5m
+//
+// Needs root (namespaces). Nodes are this binary re-executed (-node), until
+// cmd/lvsd exists.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lvsd/lvsd/lab/topo"
+	"github.com/lvsd/lvsd/vrrp"
+	"github.com/vishvananda/netlink"
+)
+
+var (
+	vip4    = netip.MustParsePrefix("198.18.0.100/32")
+	vipPort = "8080"
+	key     = []byte("lvsd-bench-gossip-key-32-bytes!!")
+)
+
+func main() {
+	node := flag.String("node", "", "internal: run a vrrp node from this JSON spec")
+	hog := flag.Bool("hog", false, "internal: burn every CPU until killed")
+	trials := flag.Int("trials", 10, "trials per scenario (at least 10 for the issue's figures)")
+	stability := flag.Duration("stability", 0, "instead of failover trials: run an lvsd pair this long under a CPU hog and count ownership changes")
+	withKA := flag.Bool("keepalived", true, "also measure keepalived (installed with apt-get if missing)")
+	realtime := flag.Int("realtime", 0, "SCHED_RR priority for the lvsd nodes (0: normal scheduling)")
+	flag.Parse()
+	switch {
+	case *node != "":
+		os.Exit(runNode(*node))
+	case *hog:
+		burn()
+	}
+	if os.Geteuid() != 0 {
+		log.Fatal("failover bench: needs root for network namespaces")
+	}
+	b := &bench{tb: newTB(), dir: mustTempDir(), realtime: *realtime}
+	b.tb.Cleanup(func() { os.RemoveAll(b.dir) })
+	defer b.tb.cleanup()
+	go func() { // Ctrl-C: clean up namespaces and processes, then exit
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		<-c
+		b.tb.cleanup()
+		os.Exit(130)
+	}()
+	if *stability > 0 {
+		b.stability(*stability)
+		return
+	}
+	if *trials < 1 {
+		log.Fatal("-trials must be at least 1")
+	}
+	res := map[string][]time.Duration{}
+	res["lvsd link-down"] = b.run("lvsd", "link-down", *trials)
+	res["lvsd graceful"] = b.run("lvsd", "graceful", *trials)
+	if *withKA {
+		installKeepalived()
+		res["keepalived v3 0.1s link-down"] = b.run("ka3", "link-down", *trials)
+		res["keepalived v3 0.1s graceful"] = b.run("ka3", "graceful", *trials)
+		res["keepalived v2 1s link-down"] = b.run("ka2", "link-down", *trials)
+	}
+	fmt.Printf("\nclient-observed failover, %d trials each (new TCP connect every 10 ms, 100 ms timeout)\n", *trials)
+	names := slices.Sorted(func(yield func(string) bool) {
+		for k := range res {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	for _, n := range names {
+		mn, md, mx := stats(res[n])
+		fmt.Printf("  %-30s min %6.1f ms  median %6.1f ms  max %6.1f ms  (n=%d)\n", n, ms(mn), ms(md), ms(mx), len(res[n]))
+	}
+	if ka := res["keepalived v3 0.1s link-down"]; len(ka) > 0 {
+		_, l, _ := stats(res["lvsd link-down"])
+		_, k, _ := stats(ka)
+		_, k2, _ := stats(res["keepalived v2 1s link-down"])
+		fmt.Printf("  ratio lvsd/keepalived-v3 (link-down medians): %.2f (target <= 0.5)\n", ms(l)/ms(k))
+		fmt.Printf("  ratio lvsd/keepalived-v2 (link-down medians): %.3f\n", ms(l)/ms(k2))
+	}
+	_, l, lmax := stats(res["lvsd link-down"])
+	_, g, _ := stats(res["lvsd graceful"])
+	fmt.Printf("  targets: link-down median %.1f ms (<= 150), max %.1f ms (<= 300); graceful median %.1f ms (<= 50)\n", ms(l), ms(lmax), ms(g))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func stats(ds []time.Duration) (mn, med, mx time.Duration) {
+	if len(ds) == 0 {
+		return
+	}
+	s := slices.Clone(ds)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	med = s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[0], med, s[len(s)-1]
+}
+
+// bench holds one run's state.
+type bench struct {
+	tb       *tb
+	dir      string
+	realtime int
+}
+
+// pair is one topology: client, dir-a (priority 200, the initial owner) and
+// dir-b (100), running one system under test.
+type pair struct {
+	b      *bench
+	system string // lvsd, ka3, ka2
+	tp     *topo.Topo
+	client *topo.Host
+	hosts  map[string]*topo.Host
+	procs  map[string]*topo.Proc
+	probes *prober
+}
+
+func (b *bench) newPair(system string) *pair {
+	p := &pair{b: b, system: system, tp: topo.New(b.tb), hosts: map[string]*topo.Host{}, procs: map[string]*topo.Proc{}}
+	p.client = p.tp.Host("client", "198.18.0.10/24")
+	for i, n := range []string{"dir-a", "dir-b"} {
+		h := p.tp.Host(n, fmt.Sprintf("198.18.0.%d/24", 11+i))
+		p.hosts[n] = h
+		ln, err := h.Listen("tcp", ":"+vipPort)
+		if err != nil {
+			b.tb.Fatalf("%v", err)
+		}
+		go func() { // answer connects while we own the VIP
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		b.tb.Cleanup(func() { ln.Close() })
+	}
+	for _, n := range []string{"dir-a", "dir-b"} {
+		p.start(n)
+	}
+	p.probes = newProber(p.client, net.JoinHostPort(vip4.Addr().String(), vipPort))
+	b.tb.Cleanup(p.probes.stop)
+	return p
+}
+
+func (p *pair) start(name string) {
+	prio := 200
+	if name == "dir-b" {
+		prio = 100
+	}
+	h := p.hosts[name]
+	switch p.system {
+	case "lvsd":
+		spec := vrrp.Spec{Node: vrrp.NodeSpec{Name: name, Interface: "eth0"},
+			Cluster: &vrrp.ClusterSpec{Bind: addrOf(name) + ":7946", Peers: []string{"198.18.0.11:7946", "198.18.0.12:7946"},
+				Key: key, Members: []string{"dir-a", "dir-b"}, Realtime: p.b.realtime},
+			Groups: []vrrp.GroupSpec{{Name: "web", Addresses: []netip.Prefix{vip4}, Priority: prio, Preempt: true,
+				GARPRefresh: 10 * time.Second}}}
+		b, _ := json.Marshal(spec)
+		path := filepath.Join(p.b.dir, p.tp.Prefix()+"-"+name+".json")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			p.b.tb.Fatalf("%v", err)
+		}
+		self, _ := os.Executable()
+		p.procs[name] = h.Start(self, "-node", path)
+	default:
+		version, advert := 3, "0.1"
+		if p.system == "ka2" {
+			version, advert = 2, "1"
+		}
+		conf := fmt.Sprintf(`global_defs {
+  router_id %s
+  vrrp_version %d
+  script_user root
+}
+vrrp_instance web {
+  state BACKUP
+  interface eth0
+  virtual_router_id 51
+  priority %d
+  advert_int %s
+  virtual_ipaddress {
+    %s dev eth0
+  }
+}
+`, name, version, prio, advert, vip4)
+		base := filepath.Join(p.b.dir, p.tp.Prefix()+"-"+name)
+		if err := os.WriteFile(base+".conf", []byte(conf), 0o600); err != nil {
+			p.b.tb.Fatalf("%v", err)
+		}
+		p.procs[name] = h.Start("keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", base+".conf",
+			"--pid", base+".pid", "--vrrp_pid", base+".vrrp.pid")
+	}
+}
+
+func addrOf(name string) string {
+	if name == "dir-a" {
+		return "198.18.0.11"
+	}
+	return "198.18.0.12"
+}
+
+// holders lists the directors whose eth0 holds the VIP.
+func (p *pair) holders() []string {
+	var out []string
+	for _, n := range []string{"dir-a", "dir-b"} {
+		h := p.hosts[n]
+		link, err := h.Netlink().LinkByName("eth0")
+		if err != nil {
+			continue
+		}
+		addrs, _ := h.Netlink().AddrList(link, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == vip4.Addr() {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// settle waits until only dir-a holds the VIP, the client reaches it, and
+// nothing changed for 1.5 s (longer than the neighbour locktime of 1 s,
+// inside which Linux ignores gratuitous ARP).
+func (p *pair) settle() {
+	deadline := time.Now().Add(30 * time.Second)
+	stableSince := time.Time{}
+	for time.Now().Before(deadline) {
+		ok := slices.Equal(p.holders(), []string{"dir-a"}) && p.probes.recentOK(50*time.Millisecond)
+		switch {
+		case !ok:
+			stableSince = time.Time{}
+		case stableSince.IsZero():
+			stableSince = time.Now()
+		case time.Since(stableSince) > 1500*time.Millisecond:
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.b.tb.Fatalf("%s: did not settle with dir-a owning the VIP (holders %v)", p.system, p.holders())
+}
+
+// run measures trials of one scenario.
+func (b *bench) run(system, scenario string, trials int) []time.Duration {
+	p := b.newPair(system)
+	var out []time.Duration
+	for i := 0; i < trials; i++ {
+		p.settle()
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Second)))) // random phase
+		t0 := time.Now()
+		switch scenario {
+		case "link-down":
+			p.hosts["dir-a"].LinkDown()
+		case "graceful":
+			if err := p.procs["dir-a"].Signal(syscall.SIGTERM); err != nil {
+				b.tb.Fatalf("%v", err)
+			}
+		}
+		d, ok := p.probes.firstOKAfter(t0, 15*time.Second)
+		if !ok {
+			b.tb.Fatalf("%s %s trial %d: the client never reached the VIP again (holders %v)", system, scenario, i, p.holders())
+		}
+		fmt.Printf("%-5s %-9s trial %2d: %7.1f ms\n", system, scenario, i+1, ms(d))
+		out = append(out, d)
+		switch scenario {
+		case "link-down":
+			p.hosts["dir-a"].LinkUp()
+		case "graceful":
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			p.procs["dir-a"].Wait(ctx)
+			cancel()
+			p.start("dir-a")
+		}
+	}
+	return out
+}
+
+// stability runs an lvsd pair under a CPU hog and counts ownership changes.
+func (b *bench) stability(d time.Duration) {
+	p := b.newPair("lvsd")
+	p.settle()
+	self, _ := os.Executable()
+	hog := exec.Command(self, "-hog")
+	if err := hog.Start(); err != nil {
+		b.tb.Fatalf("starting the CPU hog: %v", err)
+	}
+	b.tb.Cleanup(func() { hog.Process.Kill(); hog.Wait() })
+	fmt.Printf("stability: lvsd pair (heartbeat 20 ms, dead_after 100 ms, realtime=%d) for %v, %d-thread CPU hog (pid %d)\n",
+		b.realtime, d, runtime.NumCPU(), hog.Process.Pid)
+	before := map[string]int{}
+	for n, pr := range p.procs {
+		before[n] = strings.Count(pr.Output(), `msg="state changed"`)
+	}
+	changes, last := 0, p.holders()
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		time.Sleep(50 * time.Millisecond)
+		if h := p.holders(); !slices.Equal(h, last) {
+			changes++
+			fmt.Printf("  %s holders %v -> %v\n", time.Now().Format("15:04:05.000"), last, h)
+			last = h
+		}
+	}
+	transitions, deaths := 0, 0
+	for n, pr := range p.procs {
+		out := pr.Output()
+		transitions += strings.Count(out, `msg="state changed"`) - before[n]
+		deaths += strings.Count(out, `msg="peer dead"`)
+	}
+	lost, total := p.probes.failures(end.Add(-d), end)
+	fmt.Printf("ownership changes seen on the interfaces: %d (target 0)\n", changes)
+	fmt.Printf("state transitions logged by the nodes: %d, peers declared dead: %d\n", transitions, deaths)
+	fmt.Printf("client probes failed: %d of %d\n", lost, total)
+}
+
+// prober starts a TCP connect from the client every 10 ms (100 ms timeout)
+// and records each one.
+type prober struct {
+	mu     sync.Mutex
+	probes []probe
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type probe struct {
+	start, end time.Time
+	ok         bool
+}
+
+func newProber(h *topo.Host, addr string) *prober {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &prober{cancel: cancel}
+	p.wg.Go(func() {
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			p.wg.Go(func() {
+				start := time.Now()
+				dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				c, err := h.Dial(dctx, "tcp", addr)
+				cancel()
+				end := time.Now()
+				if err == nil {
+					c.Close()
+				}
+				p.mu.Lock()
+				p.probes = append(p.probes, probe{start, end, err == nil})
+				if len(p.probes) > 200000 {
+					p.probes = p.probes[100000:]
+				}
+				p.mu.Unlock()
+			})
+		}
+	})
+	return p
+}
+
+func (p *prober) stop() { p.cancel(); p.wg.Wait() }
+
+// firstOKAfter waits for the first successful probe started after t0 and
+// returns its end minus t0.
+func (p *prober) firstOKAfter(t0 time.Time, within time.Duration) (time.Duration, bool) {
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		p.mu.Lock()
+		var best time.Time
+		for _, pr := range p.probes {
+			if pr.ok && !pr.start.Before(t0) && (best.IsZero() || pr.end.Before(best)) {
+				best = pr.end
+			}
+		}
+		p.mu.Unlock()
+		// Let probes started a little earlier finish before trusting "first".
+		if !best.IsZero() && time.Since(best) > 150*time.Millisecond {
+			return best.Sub(t0), true
+		}
+	}
+	return 0, false
+}
+
+// recentOK reports whether every probe that ended in the last period succeeded
+// (and there was one).
+func (p *prober) recentOK(period time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for i := len(p.probes) - 1; i >= 0 && time.Since(p.probes[i].end) < period; i-- {
+		if !p.probes[i].ok {
+			return false
+		}
+		n++
+	}
+	return n > 0
+}
+
+func (p *prober) failures(from, to time.Time) (failed, total int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pr := range p.probes {
+		if pr.start.After(from) && pr.start.Before(to) {
+			total++
+			if !pr.ok {
+				failed++
+			}
+		}
+	}
+	return
+}
+
+// runNode runs one vrrp node until SIGTERM (graceful hand-over).
+func runNode(path string) int {
+	lg := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		lg.Error("reading spec", "err", err)
+		return 2
+	}
+	var spec vrrp.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		lg.Error("parsing spec", "err", err)
+		return 2
+	}
+	n, err := vrrp.New(spec, lg)
+	if err != nil {
+		lg.Error("new node", "err", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := n.Run(ctx); err != nil {
+		lg.Error("run", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// burn saturates every CPU until killed (the stability run's hog).
+func burn() {
+	for i := 0; i < runtime.NumCPU(); i++ {
+		go func() {
+			x := uint64(1)
+			for {
+				x = x*6364136223846793005 + 1442695040888963407
+			}
+		}()
+	}
+	select {}
+}
+
+// installKeepalived installs the Debian package unless it is already there.
+func installKeepalived() {
+	if _, err := exec.LookPath("keepalived"); err == nil {
+		return
+	}
+	log.Printf("installing keepalived with apt-get")
+	for _, args := range [][]string{{"update"}, {"install", "-y", "keepalived"}} {
+		cmd := exec.Command("apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			log.Fatalf("apt-get %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+func mustTempDir() string {
+	d, err := os.MkdirTemp("", "lvsd-failover-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return d
+}
+
+// tb is the minimal testing.TB that lab/topo needs, for a command.
+type tb struct {
+	mu       sync.Mutex
+	cleanups []func()
+}
+
+func newTB() *tb { return &tb{} }
+
+func (t *tb) Helper()                   {}
+func (t *tb) Logf(f string, a ...any)   { log.Printf(f, a...) }
+func (t *tb) Cleanup(f func())          { t.mu.Lock(); t.cleanups = append(t.cleanups, f); t.mu.Unlock() }
+func (t *tb) Fatalf(f string, a ...any) { log.Printf("FATAL: "+f, a...); t.cleanup(); os.Exit(1) }
+func (t *tb) cleanup() {
+	t.mu.Lock()
+	fs := t.cleanups
+	t.cleanups = nil
+	t.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
+	}
+}
