@@ -101,6 +101,7 @@ type Monitor struct {
 	entries map[Key]*entry
 	queue   entryHeap
 	timerAt time.Time // when the scheduler means to wake next
+	epoch   time.Time
 	done    bool
 }
 
@@ -111,7 +112,8 @@ type entry struct {
 	target  Target
 	tr      *Tracker
 	next    time.Time
-	idx     int // heap index, -1 while running or removed
+	at      int64 // next as nanoseconds since the monitor's epoch: cheap heap order
+	idx     int   // heap index, -1 while running or removed
 	running bool
 	removed bool
 	status  Status
@@ -143,6 +145,7 @@ func NewMonitor(opts Options) *Monitor {
 		max:     int32(min(opts.MaxInFlight, 1<<20)),
 		wake:    make(chan struct{}, 1),
 		entries: make(map[Key]*entry),
+		epoch:   time.Now(),
 	}
 	if opts.OnTransition != nil {
 		m.notify = newNotifier(opts.OnTransition)
@@ -299,6 +302,7 @@ func (m *Monitor) drop(e *entry) {
 // push schedules e and wakes the scheduler if e is due before it planned
 // to wake; called with mu held.
 func (m *Monitor) push(e *entry) {
+	e.at = int64(e.next.Sub(m.epoch))
 	heap.Push(&m.queue, e)
 	if m.timerAt.IsZero() || e.next.Before(m.timerAt) {
 		m.timerAt = e.next
@@ -486,7 +490,7 @@ func (m *Monitor) run(e *entry) {
 type entryHeap []*entry
 
 func (h entryHeap) Len() int           { return len(h) }
-func (h entryHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h entryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
 func (h entryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].idx, h[j].idx = i, j
