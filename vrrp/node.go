@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -267,8 +266,6 @@ func (n *Node) Stop(ctx context.Context) error {
 	}
 }
 
-var debugHB = os.Getenv("LVSD_DEBUG_HB") != ""
-
 type hbMsg struct {
 	h  Heartbeat
 	at time.Time
@@ -442,9 +439,6 @@ func (n *Node) receive(kind byte, payload []byte, at time.Time) {
 			n.log.Debug("dropping malformed heartbeat", "err", err)
 			return
 		}
-		if debugHB {
-			n.log.Debug("hb recv", "from", h.Name, "seq", h.Seq)
-		}
 		n.post(hbMsg{h: h, at: at})
 	case msgUser:
 		msg := slices.Clone(payload)
@@ -503,9 +497,6 @@ func (e *engine) handle(m any) {
 	switch m := m.(type) {
 	case hbMsg:
 		h := m.h
-		if debugHB {
-			n.log.Debug("hb handle", "from", h.Name, "seq", h.Seq, "queued", time.Since(m.at))
-		}
 		if h.Name == n.spec.Node.Name {
 			if h.Boot != n.boot {
 				n.log.Warn("heartbeat from another node using our name", "name", h.Name)
