@@ -1,0 +1,118 @@
+package vrrp
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeAddrs records address changes instead of touching the kernel.
+type fakeAddrs struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (f *fakeAddrs) add(ifname string, a []netip.Prefix) error    { return f.rec("add", ifname, a) }
+func (f *fakeAddrs) remove(ifname string, a []netip.Prefix) error { return f.rec("remove", ifname, a) }
+func (f *fakeAddrs) rec(op, ifname string, a []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, op+" "+ifname+" "+a[0].String())
+	return nil
+}
+func (f *fakeAddrs) ops() string { f.mu.Lock(); defer f.mu.Unlock(); return strings.Join(f.log, "; ") }
+
+func (f *fakeAnnouncer) count() int { f.mu.Lock(); defer f.mu.Unlock(); return f.n }
+
+type fakeAnnouncer struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (f *fakeAnnouncer) announce(string, []netip.Prefix) error {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+	return nil
+}
+
+// TestStandaloneNodeLifecycle runs a standalone node on lo with fake address
+// and announcement back ends: it owns its group, announces a burst, gives
+// the group up on an operator fault, takes it back, and releases on Stop,
+// with events and notify scripts in order.
+func TestStandaloneNodeLifecycle(t *testing.T) {
+	notes := filepath.Join(t.TempDir(), "notes")
+	script := []string{"sh", "-c", `echo "$LVSD_STATE $LVSD_PREV_STATE" >> ` + notes}
+	spec := Spec{Node: NodeSpec{Name: "solo", Interface: "lo"},
+		Groups: []GroupSpec{{Name: "web", Addresses: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/32")}, Priority: 100,
+			GARPCount: 3, GARPInterval: time.Millisecond, NotifyMaster: script, NotifyFault: script, NotifyStop: script}}}
+	n, err := New(spec, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, ann := &fakeAddrs{}, &fakeAnnouncer{}
+	n.addrs, n.announcer = addrs, ann
+	events := make(chan Event, 16)
+	n.SetEventHandler(func(e Event) { events <- e })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	expect := func(state Role) Event {
+		t.Helper()
+		select {
+		case e := <-events:
+			if e.State != state {
+				t.Fatalf("event %+v, want state %v", e, state)
+			}
+			return e
+		case <-ctx.Done():
+			t.Fatalf("no %v event", state)
+		}
+		return Event{}
+	}
+	expect(RoleMaster)
+	for i := 0; i < 500 && ann.count() < 3; i++ { // the takeover burst
+		time.Sleep(2 * time.Millisecond)
+	}
+	if c := ann.count(); c < 3 {
+		t.Fatalf("announced %d times, want a burst of 3", c)
+	}
+	if err := n.SetFault("web", true); err != nil {
+		t.Fatal(err)
+	}
+	if e := expect(RoleFault); !strings.Contains(e.Reason, "set by operator") {
+		t.Fatalf("fault reason %q", e.Reason)
+	}
+	if st := n.Status(); st.Groups[0].State != RoleFault || st.Groups[0].Override != OverrideFault {
+		t.Fatalf("status %+v", st.Groups[0])
+	}
+	if err := n.ClearOverride("web"); err != nil {
+		t.Fatal(err)
+	}
+	expect(RoleMaster)
+	if err := n.Demote("nope"); err == nil || !strings.Contains(err.Error(), `no vip_group named "nope"`) {
+		t.Fatalf("unknown group: %v", err)
+	}
+	if err := n.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect(RoleStopped)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The stale-copy removal at start, then take/release/take/release.
+	want := "remove lo 198.18.9.1/32; add lo 198.18.9.1/32; remove lo 198.18.9.1/32; add lo 198.18.9.1/32; remove lo 198.18.9.1/32"
+	if got := addrs.ops(); got != want {
+		t.Fatalf("address ops:\n got %s\nwant %s", got, want)
+	}
+	b, _ := os.ReadFile(notes) // Run waited for the notify queues
+	if got := strings.TrimSpace(string(b)); got != "master backup\nfault master\nmaster fault\nstopped master" {
+		t.Fatalf("notify scripts ran as:\n%s", got)
+	}
+}
