@@ -102,58 +102,42 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 		}
 	}
 
-	// Services: names, kernel identities, marks.
-	names := make(map[string]*Service)
-	keys := make(map[VirtualKey]*Service)
-	type markKey struct {
-		proto Protocol
-		dst   netip.Prefix
-		port  uint16
-	}
-	marks := map[markKey]*Service{}
+	// Services: names, kernel identities, marks, through the index the
+	// Loader keeps between loads.
 	n := 0
-	for _, f := range frags {
+	order := make(map[string]int, len(frags))
+	for i, f := range frags {
 		n += len(f.services)
+		order[f.file] = i
 	}
 	cfg.Services = make([]*Service, 0, n)
 	for _, f := range frags {
-		for _, s := range f.services {
-			cfg.Services = append(cfg.Services, s)
-			if first, dup := names[s.Name]; dup {
-				e.at(s.PosOf("name"), "duplicate service name %q (first at %s)", s.Name, first.PosOf("name"))
-			} else {
-				names[s.Name] = s
-			}
-			if s.Family == "" || (s.FWMark == 0 && !s.Address.IsValid()) {
-				continue // identity already reported as broken
-			}
-			k := s.Key()
-			if first, dup := keys[k]; dup {
-				p := s.PosOf("address")
-				if s.FWMark != 0 {
-					p = s.PosOf("fwmark")
-				}
-				e.at(p, "service %q duplicates virtual service %s of service %q (at %s)", s.Name, k, first.Name, first.Pos)
-			} else {
-				keys[k] = s
-			}
-			if s.Mark != nil && s.Mark.Destination.IsValid() {
-				ports := s.Mark.Ports
-				if len(ports) == 0 {
-					ports = []uint16{0}
-				}
-				for _, port := range ports {
-					mk := markKey{s.Mark.Protocol, s.Mark.Destination, port}
-					if first, dup := marks[mk]; dup && first != s {
-						e.at(s.Mark.Pos, "service %q marks the same traffic (%s %s port %d) as service %q (at %s)",
-							s.Name, mk.proto, mk.dst, port, first.Name, first.Mark.Pos)
-						break
-					}
-					marks[mk] = s
-				}
-			}
-		}
+		cfg.Services = append(cfg.Services, f.services...)
 	}
+	l.index.update(frags)
+	loadOrder := func(a, b *Service) int {
+		if c := order[a.Pos.File] - order[b.Pos.File]; c != 0 {
+			return c
+		}
+		if a.Pos.Line != b.Pos.Line {
+			return a.Pos.Line - b.Pos.Line
+		}
+		return a.Pos.Col - b.Pos.Col
+	}
+	l.index.names.clashes(loadOrder, func(name string, first, s *Service) {
+		e.at(s.PosOf("name"), "duplicate service name %q (first at %s)", name, first.PosOf("name"))
+	})
+	l.index.keys.clashes(loadOrder, func(_ compactKey, first, s *Service) {
+		p := s.PosOf("address")
+		if s.FWMark != 0 {
+			p = s.PosOf("fwmark")
+		}
+		e.at(p, "service %q duplicates virtual service %s of service %q (at %s)", s.Name, s.Key(), first.Name, first.Pos)
+	})
+	l.index.marks.clashes(loadOrder, func(mk markKey, first, s *Service) {
+		e.at(s.Mark.Pos, "service %q marks the same traffic (%s %s port %d) as service %q (at %s)",
+			s.Name, mk.proto, mk.dst, mk.port, first.Name, first.Mark.Pos)
+	})
 
 	// VIP groups: copies, since defaults from [node] are filled in here.
 	groups := map[string]*VIPGroup{}
@@ -195,7 +179,7 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 				}
 			}
 			for _, ref := range g.TrackServices {
-				if _, ok := names[ref.Name]; !ok && allSyntaxOK {
+				if !l.index.names.has(ref.Name) && allSyntaxOK {
 					e.at(ref.Pos, "vip_group %q tracks unknown service %q", g.Name, ref.Name)
 				}
 			}
@@ -211,3 +195,4 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 	}
 	return cfg
 }
+

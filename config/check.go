@@ -161,8 +161,8 @@ func (d *decoder) check(r *reader, own *table) *Check {
 	if typeOK {
 		allowed := checkKeys[c.Type]
 		for _, k := range r.t.keys {
-			mine := own == nil || own.vals[k] == r.t.vals[k]
-			if mine && !slices.Contains(commonCheckKeys, k) && !slices.Contains(allowed, k) && slices.Contains(r.asked, k) {
+			mine := own == nil || own.get(k) == r.t.get(k)
+			if mine && !slices.Contains(commonCheckKeys, k) && !slices.Contains(allowed, k) && slices.Contains(r.known(), k) {
 				d.e.at(r.pos(k), "%s is not used by %s checks", r.name(k), c.Type)
 			}
 		}

@@ -64,7 +64,7 @@ func decodeFile(file string, data []byte) *fragment {
 	f.syntaxOK = ok
 	if ok {
 		d := &decoder{src: src, e: e, dir: filepath.Dir(file), f: f}
-		d.root(&reader{src: src, e: e, t: root})
+		d.root(newReader(src, e, root))
 	}
 	f.errs = e.list
 	return f

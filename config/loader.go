@@ -27,6 +27,7 @@ type Loader struct {
 
 	mu    sync.Mutex
 	cache map[string]cached
+	index serviceIndex
 	fs    fileSystem // nil: the real one; tests use an in-memory one
 }
 

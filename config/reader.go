@@ -11,20 +11,39 @@ import (
 // problem at the key's position. Keys never asked for are reported by done
 // as unknown, with a suggestion when one of the known keys is close.
 type reader struct {
-	src   *source
-	e     *errs
-	t     *table
-	off   uint32 // where the table starts (its header, or its key)
-	where string // for messages: "service", "service.check", ...
-	asked []string
+	src *source
+	e   *errs
+	t   *table
+	off uint32 // where the table starts (its header, or its key)
+	// The table's name for messages ("service.check") is built only when
+	// needed, from the parent's name and the key.
+	parent *reader
+	key    string
+	// The keys the decoder asked for are the known keys, for "did you
+	// mean". They go on a stack shared by a file's readers (a sub-table's
+	// reader is done before its parent reads on), so that 100,000
+	// backend tables do not each allocate a list.
+	asked *[]string
+	start int
 }
 
+func newReader(src *source, e *errs, t *table) *reader {
+	return &reader{src: src, e: e, t: t, asked: new([]string)}
+}
+
+func (r *reader) child(key string, t *table, off uint32) *reader {
+	return &reader{src: r.src, e: r.e, t: t, off: off, parent: r, key: key, asked: r.asked, start: len(*r.asked)}
+}
+
+// known returns the keys asked for so far.
+func (r *reader) known() []string { return (*r.asked)[min(r.start, len(*r.asked)):] }
+
 func (r *reader) get(key string) *value {
-	r.asked = append(r.asked, key)
+	*r.asked = append(*r.asked, key)
 	if r.t == nil {
 		return nil
 	}
-	v := r.t.vals[key]
+	v := r.t.get(key)
 	if v != nil {
 		v.used = true
 	}
@@ -32,12 +51,20 @@ func (r *reader) get(key string) *value {
 }
 
 // has reports whether key is set, without marking it read.
-func (r *reader) has(key string) bool { return r.t != nil && r.t.vals[key] != nil }
+func (r *reader) has(key string) bool { return r.t != nil && r.t.get(key) != nil }
+
+// where names the table for messages: "service", "service.check", ...
+func (r *reader) where() string {
+	if r.parent == nil {
+		return r.key
+	}
+	return r.parent.name(r.key)
+}
 
 // pos is the position of key, or of the table when key is absent.
 func (r *reader) pos(key string) Pos {
 	if r.t != nil {
-		if v := r.t.vals[key]; v != nil {
+		if v := r.t.get(key); v != nil {
 			return r.src.pos(v.keyOff)
 		}
 	}
@@ -52,10 +79,10 @@ func (r *reader) errorf(v *value, format string, args ...any) {
 }
 
 func (r *reader) name(key string) string {
-	if r.where == "" {
-		return key
+	if w := r.where(); w != "" {
+		return w + "." + key
 	}
-	return r.where + "." + key
+	return key
 }
 
 func (r *reader) typeErr(key string, v *value, want string) {
@@ -178,8 +205,8 @@ func (r *reader) elems(key string) ([]*value, bool) {
 
 // sub returns a reader for a sub-table; its table is nil when absent.
 func (r *reader) sub(key string) *reader {
-	s := &reader{src: r.src, e: r.e, where: r.name(key), off: r.off}
 	v := r.get(key)
+	s := r.child(key, nil, r.off)
 	if v == nil {
 		return s
 	}
@@ -215,21 +242,22 @@ func (r *reader) tables(key string) []*value {
 
 // at returns a reader for a table value from tables.
 func (r *reader) at(key string, v *value) *reader {
-	return &reader{src: r.src, e: r.e, t: v.tab, off: v.off, where: r.name(key)}
+	return r.child(key, v.tab, v.off)
 }
 
 // done reports keys of the table that were never asked for.
 func (r *reader) done() {
+	defer func() { *r.asked = (*r.asked)[:min(r.start, len(*r.asked))] }()
 	if r.t == nil {
 		return
 	}
-	for _, k := range r.t.keys {
-		v := r.t.vals[k]
+	for i, k := range r.t.keys {
+		v := r.t.vals[i]
 		if v.used {
 			continue
 		}
 		msg := fmt.Sprintf("unknown key %q", r.name(k))
-		if s := closest(k, r.asked); s != "" {
+		if s := closest(k, r.known()); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
 		r.errorf(v, "%s", msg)

@@ -32,8 +32,12 @@ var schedulerFlags = map[string]string{
 const maxPersistence = math.MaxUint32 * time.Second
 
 func (d *decoder) service(r *reader) *Service {
-	s := &Service{Pos: r.tablePos()}
-	at := func(key string) { s.at = append(s.at, keyPos{key, r.pos(key)}) }
+	s := &Service{Pos: r.tablePos(), at: make(positions, 0, 4)}
+	at := func(key string) { // remember where set keys are, for PosOf
+		if r.has(key) {
+			s.at = append(s.at, keyPos{key, r.pos(key)})
+		}
+	}
 
 	s.Name = d.requiredName(r, "service")
 	at("name")
@@ -417,7 +421,7 @@ func (d *decoder) backend(r *reader, s *Service, label string, checkTable *table
 		if v.kind != kTable {
 			r.typeErr("check", v, "a table")
 		} else {
-			mr := &reader{src: d.src, e: d.e, t: mergeTables(checkTable, v.tab), off: v.off, where: "service.backend.check"}
+			mr := r.child("check", mergeTables(checkTable, v.tab), v.off)
 			b.Check = d.check(mr, v.tab)
 		}
 	}
@@ -447,12 +451,12 @@ func mergeTables(base, over *table) *table {
 	}
 	m := newTable(hClosed)
 	for _, k := range base.keys {
-		if _, o := over.vals[k]; !o {
-			m.set(k, base.vals[k])
+		if over.get(k) == nil {
+			m.set(k, base.get(k))
 		}
 	}
-	for _, k := range over.keys {
-		m.set(k, over.vals[k])
+	for i, k := range over.keys {
+		m.set(k, over.vals[i])
 	}
 	return m
 }

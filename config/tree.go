@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"slices"
 	"strconv"
@@ -58,17 +59,46 @@ const (
 	hClosed                  // inline table, or any table inside a value: never extended
 )
 
+// table keeps its entries in order. Config tables are small, so lookups
+// scan a slice; a map is built only for large ones.
 type table struct {
 	keys []string
-	vals map[string]*value
+	vals []*value
+	big  map[string]int // index into keys/vals, once len > smallTable
 	how  how
 }
 
-func newTable(h how) *table { return &table{vals: make(map[string]*value, 4), how: h} }
+const smallTable = 16
+
+func newTable(h how) *table { return &table{how: h} }
+
+func (t *table) get(k string) *value {
+	if t.big != nil {
+		if i, ok := t.big[k]; ok {
+			return t.vals[i]
+		}
+		return nil
+	}
+	for i, kk := range t.keys {
+		if kk == k {
+			return t.vals[i]
+		}
+	}
+	return nil
+}
 
 func (t *table) set(k string, v *value) {
 	t.keys = append(t.keys, k)
-	t.vals[k] = v
+	t.vals = append(t.vals, v)
+	switch {
+	case t.big != nil:
+		t.big[k] = len(t.keys) - 1
+	case len(t.keys) > smallTable:
+		t.big = make(map[string]int, 2*len(t.keys))
+		for i, kk := range t.keys {
+			t.big[kk] = i
+		}
+	}
 }
 
 // source is one file's text with a lazily built line index for positions.
@@ -83,7 +113,7 @@ type source struct {
 
 func (s *source) pos(off uint32) Pos {
 	if s.lineStarts == nil {
-		s.lineStarts = append(make([]int, 0, 64), 0)
+		s.lineStarts = append(make([]int, 0, bytes.Count(s.data, []byte{'\n'})+1), 0)
 		for i, c := range s.data {
 			if c == '\n' {
 				s.lineStarts = append(s.lineStarts, i+1)
@@ -111,6 +141,41 @@ type treeBuilder struct {
 	root *table
 	cur  *table
 	errs *errs
+
+	parts []keyPart
+	names map[string]string // interned key names: configs repeat a few keys
+	vslab []value           // values and tables are carved from slabs:
+	tslab []table           // a 10,000-service file has ~400,000 of them
+}
+
+func (b *treeBuilder) newValue() *value {
+	if len(b.vslab) == 0 {
+		b.vslab = make([]value, 256)
+	}
+	v := &b.vslab[0]
+	b.vslab = b.vslab[1:]
+	return v
+}
+
+func (b *treeBuilder) newTable(h how) *table {
+	if len(b.tslab) == 0 {
+		b.tslab = make([]table, 64)
+	}
+	t := &b.tslab[0]
+	b.tslab = b.tslab[1:]
+	t.how = h
+	return t
+}
+
+func (b *treeBuilder) intern(name []byte) string {
+	if s, ok := b.names[string(name)]; ok {
+		return s
+	}
+	s := string(name)
+	if len(b.names) < 1024 {
+		b.names[s] = s
+	}
+	return s
 }
 
 // parseTree parses a file. It returns false when a syntax error stopped the
@@ -118,7 +183,7 @@ type treeBuilder struct {
 // table rules are reported and the offending expression is skipped, so more
 // than one can be reported per file.
 func parseTree(src *source, e *errs) (*table, bool) {
-	b := &treeBuilder{src: src, p: &unstable.Parser{}, root: newTable(hHeader), errs: e}
+	b := &treeBuilder{src: src, p: &unstable.Parser{}, root: newTable(hHeader), errs: e, names: make(map[string]string, 64)}
 	b.cur = b.root
 	b.p.Reset(src.data)
 	for b.p.NextExpression() {
@@ -151,13 +216,15 @@ type keyPart struct {
 	off  uint32
 }
 
+// keyParts returns the parts of a key; the slice is reused by the next call.
 func (b *treeBuilder) keyParts(n *unstable.Node) []keyPart {
-	var parts []keyPart
+	parts := b.parts[:0]
 	it := n.Key()
 	for it.Next() {
 		k := it.Node()
-		parts = append(parts, keyPart{name: string(k.Data), off: k.Raw.Offset})
+		parts = append(parts, keyPart{name: b.intern(k.Data), off: k.Raw.Offset})
 	}
+	b.parts = parts
 	return parts
 }
 
@@ -192,10 +259,12 @@ func (b *treeBuilder) fail(off uint32, format string, args ...any) {
 // key, creating tables of kind h where missing. It returns nil on error.
 func (b *treeBuilder) descend(t *table, parts []keyPart, h how) *table {
 	for i, p := range parts {
-		v, ok := t.vals[p.name]
-		if !ok {
-			nt := newTable(h)
-			t.set(p.name, &value{kind: kTable, tab: nt, off: p.off, keyOff: p.off})
+		v := t.get(p.name)
+		if v == nil {
+			nt := b.newTable(h)
+			nv := b.newValue()
+			*nv = value{kind: kTable, tab: nt, off: p.off, keyOff: p.off}
+			t.set(p.name, nv)
 			t = nt
 			continue
 		}
@@ -233,7 +302,7 @@ func describe(v *value) string {
 
 // discard receives the keys of a header that could not be applied, so they
 // do not land in (and confuse) the previous table.
-func (b *treeBuilder) discard() { b.cur = newTable(hHeader) }
+func (b *treeBuilder) discard() { b.cur = b.newTable(hHeader) }
 
 func (b *treeBuilder) header(n *unstable.Node) {
 	parts := b.keyParts(n)
@@ -245,13 +314,17 @@ func (b *treeBuilder) header(n *unstable.Node) {
 	}
 	last := parts[len(parts)-1]
 	name := dotted(parts)
-	v, exists := parent.vals[last.name]
+	v := parent.get(last.name)
+	exists := v != nil
 	if n.Kind == unstable.ArrayTable {
-		nt := newTable(hHeader)
-		elem := &value{kind: kTable, tab: nt, off: hoff, keyOff: hoff}
+		nt := b.newTable(hHeader)
+		elem := b.newValue()
+		*elem = value{kind: kTable, tab: nt, off: hoff, keyOff: hoff}
 		switch {
 		case !exists:
-			parent.set(last.name, &value{kind: kArray, aot: true, arr: []*value{elem}, off: hoff, keyOff: hoff})
+			arr := b.newValue()
+			*arr = value{kind: kArray, aot: true, arr: []*value{elem}, off: hoff, keyOff: hoff}
+			parent.set(last.name, arr)
 		case v.aot:
 			v.arr = append(v.arr, elem)
 		default:
@@ -264,8 +337,10 @@ func (b *treeBuilder) header(n *unstable.Node) {
 	}
 	switch {
 	case !exists:
-		nt := newTable(hHeader)
-		parent.set(last.name, &value{kind: kTable, tab: nt, off: hoff, keyOff: hoff})
+		nt := b.newTable(hHeader)
+		nv := b.newValue()
+		*nv = value{kind: kTable, tab: nt, off: hoff, keyOff: hoff}
+		parent.set(last.name, nv)
 		b.cur = nt
 	case v.kind == kTable && v.tab.how == hImplicit:
 		v.tab.how = hHeader
@@ -284,22 +359,23 @@ func (b *treeBuilder) keyValue(t *table, n *unstable.Node) {
 	if parent == nil {
 		return
 	}
-	last := parts[len(parts)-1]
-	if prev, dup := parent.vals[last.name]; dup {
+	last, keyOff := parts[len(parts)-1], parts[0].off
+	if prev := parent.get(last.name); prev != nil {
 		b.fail(last.off, "duplicate key %q (first defined at %s)", dotted(parts), b.src.pos(prev.keyOff))
 		return
 	}
-	v := b.value(n.Value())
+	v := b.value(n.Value()) // may reuse parts for inline tables
 	if v == nil {
 		return
 	}
-	v.keyOff = parts[0].off
+	v.keyOff = keyOff
 	parent.set(last.name, v)
 }
 
 // value converts a value node; nil after reporting an error.
 func (b *treeBuilder) value(n *unstable.Node) *value {
-	v := &value{off: n.Raw.Offset}
+	v := b.newValue()
+	v.off = n.Raw.Offset
 	v.keyOff = v.off
 	switch n.Kind {
 	case unstable.String:
@@ -337,7 +413,7 @@ func (b *treeBuilder) value(n *unstable.Node) *value {
 		}
 	case unstable.InlineTable:
 		v.kind = kTable
-		v.tab = newTable(hDotted)
+		v.tab = b.newTable(hDotted)
 		it := n.Children()
 		for it.Next() {
 			if c := it.Node(); c.Kind == unstable.KeyValue {

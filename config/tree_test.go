@@ -54,8 +54,8 @@ func generic(v *value) any {
 
 func genericTable(t *table) map[string]any {
 	m := make(map[string]any, len(t.keys))
-	for _, k := range t.keys {
-		m[k] = generic(t.vals[k])
+	for i, k := range t.keys {
+		m[k] = generic(t.vals[i])
 	}
 	return m
 }
