@@ -195,4 +195,3 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 	}
 	return cfg
 }
-
