@@ -433,3 +433,40 @@ func TestSeedExamples(t *testing.T) {
 		t.Errorf("fwm: %+v", fwm[0])
 	}
 }
+
+// The cross-file index is kept between loads and updated per file: clashes
+// must appear and disappear as files change, on the same Loader.
+func TestLoaderIndexAcrossReloads(t *testing.T) {
+	fsys := newMemFS()
+	fsys.write("/c/main.toml", "include = [\"d/*.toml\"]\n")
+	fsys.write("/c/d/a.toml", "[[service]]\nname = \"a\"\naddress = \"198.18.1.1\"\nport = 80\n")
+	fsys.write("/c/d/b.toml", "[[service]]\nname = \"b\"\naddress = \"198.18.1.2\"\nport = 80\n")
+	l := &Loader{fs: fsys, Hostname: func() (string, error) { return "dir-a", nil }}
+	mustOK := func() {
+		t.Helper()
+		if _, err := l.Load("/c/main.toml"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustFail := func(msg string) {
+		t.Helper()
+		_, err := l.Load("/c/main.toml")
+		if err == nil || !strings.Contains(err.Error(), msg) {
+			t.Fatalf("want error %q, got %v", msg, err)
+		}
+	}
+	mustOK()
+	fsys.write("/c/d/b.toml", "[[service]]\nname = \"a\"\naddress = \"198.18.1.1\"\nport = 80\n")
+	mustFail(`/c/d/b.toml:2:1: duplicate service name "a" (first at /c/d/a.toml:2:1)`)
+	mustFail(`/c/d/b.toml:3:1: service "a" duplicates virtual service tcp 198.18.1.1:80 of service "a"`)
+	fsys.write("/c/d/a.toml", "[[service]]\nname = \"c\"\naddress = \"198.18.1.3\"\nport = 80\n")
+	mustOK()
+	delete(fsys.files, "/c/d/a.toml")
+	fsys.write("/c/d/0.toml", "[[service]]\nname = \"a\"\naddress = \"198.18.1.9\"\nport = 80\n")
+	mustFail(`/c/d/b.toml:2:1: duplicate service name "a" (first at /c/d/0.toml:2:1)`)
+	delete(fsys.files, "/c/d/0.toml")
+	mustOK()
+	if n := len(l.index.names.m); n != 1 {
+		t.Errorf("index holds %d names after removals, want 1", n)
+	}
+}
