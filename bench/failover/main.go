@@ -3,8 +3,8 @@
 // (lab/topo); each director answers TCP on the VIP while it owns it; the
 // client starts a new connect every 10 ms with a 100 ms timeout; the owner's
 // link goes down (or it is stopped gracefully) at a random phase; the
-// failover time is from that moment to the end of the first successful
-// connect started after it. The same runs with keepalived (VRRPv3 advert_int
+// failover time is from that moment to the end of the first connect started
+// after it that the new owner answered. The same runs with keepalived (VRRPv3 advert_int
 // 0.1 and VRRPv2 advert_int 1) in the same topology, and the ratios are
 // printed. -stability runs an lvsd pair under a CPU hog and counts ownership
 // changes.
@@ -160,12 +160,14 @@ func (b *bench) newPair(system string) *pair {
 		if err != nil {
 			b.tb.Fatalf("%v", err)
 		}
-		go func() { // answer connects while we own the VIP
+		id := []byte{n[len(n)-1]} // "a" or "b": who answered
+		go func() {               // answer connects while we own the VIP
 			for {
 				c, err := ln.Accept()
 				if err != nil {
 					return
 				}
+				c.Write(id)
 				c.Close()
 			}
 		}()
@@ -262,7 +264,7 @@ func (p *pair) settle() {
 	deadline := time.Now().Add(30 * time.Second)
 	stableSince := time.Time{}
 	for time.Now().Before(deadline) {
-		ok := slices.Equal(p.holders(), []string{"dir-a"}) && p.probes.recentOK(50*time.Millisecond)
+		ok := slices.Equal(p.holders(), []string{"dir-a"}) && p.probes.recentOK('a', 50*time.Millisecond)
 		switch {
 		case !ok:
 			stableSince = time.Time{}
@@ -292,7 +294,7 @@ func (b *bench) run(system, scenario string, trials int) []time.Duration {
 				b.tb.Fatalf("%v", err)
 			}
 		}
-		d, ok := p.probes.firstOKAfter(t0, 15*time.Second)
+		d, ok := p.probes.firstOKAfter(t0, 'b', 15*time.Second)
 		if !ok {
 			b.tb.Fatalf("%s %s trial %d: the client never reached the VIP again (holders %v)", system, scenario, i, p.holders())
 		}
@@ -361,6 +363,7 @@ type prober struct {
 type probe struct {
 	start, end time.Time
 	ok         bool
+	who        byte // 'a' or 'b': the director that answered
 }
 
 func newProber(h *topo.Host, addr string) *prober {
@@ -380,12 +383,15 @@ func newProber(h *topo.Host, addr string) *prober {
 				dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 				c, err := h.Dial(dctx, "tcp", addr)
 				cancel()
-				end := time.Now()
+				var who [1]byte
 				if err == nil {
+					c.SetDeadline(start.Add(100 * time.Millisecond))
+					_, err = c.Read(who[:])
 					c.Close()
 				}
+				end := time.Now()
 				p.mu.Lock()
-				p.probes = append(p.probes, probe{start, end, err == nil})
+				p.probes = append(p.probes, probe{start, end, err == nil, who[0]})
 				if len(p.probes) > 200000 {
 					p.probes = p.probes[100000:]
 				}
@@ -398,14 +404,15 @@ func newProber(h *topo.Host, addr string) *prober {
 
 func (p *prober) stop() { p.cancel(); p.wg.Wait() }
 
-// firstOKAfter waits for the first successful probe started after t0 and
-// returns its end minus t0.
-func (p *prober) firstOKAfter(t0 time.Time, within time.Duration) (time.Duration, bool) {
+// firstOKAfter waits for the first successful probe started after t0 that
+// the new owner (who) answered, and returns its end minus t0. (On a graceful
+// stop the old owner may still answer the first probes.)
+func (p *prober) firstOKAfter(t0 time.Time, who byte, within time.Duration) (time.Duration, bool) {
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		p.mu.Lock()
 		var best time.Time
 		for _, pr := range p.probes {
-			if pr.ok && !pr.start.Before(t0) && (best.IsZero() || pr.end.Before(best)) {
+			if pr.ok && pr.who == who && !pr.start.Before(t0) && (best.IsZero() || pr.end.Before(best)) {
 				best = pr.end
 			}
 		}
@@ -418,14 +425,14 @@ func (p *prober) firstOKAfter(t0 time.Time, within time.Duration) (time.Duration
 	return 0, false
 }
 
-// recentOK reports whether every probe that ended in the last period succeeded
-// (and there was one).
-func (p *prober) recentOK(period time.Duration) bool {
+// recentOK reports whether every probe that ended in the last period was
+// answered by who (and there was one).
+func (p *prober) recentOK(who byte, period time.Duration) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
 	for i := len(p.probes) - 1; i >= 0 && time.Since(p.probes[i].end) < period; i-- {
-		if !p.probes[i].ok {
+		if !p.probes[i].ok || p.probes[i].who != who {
 			return false
 		}
 		n++
