@@ -470,3 +470,78 @@ func TestLoaderIndexAcrossReloads(t *testing.T) {
 		t.Errorf("index holds %d names after removals, want 1", n)
 	}
 }
+
+// Every key the decoder knows must appear in configs/reference.toml.
+func TestReferenceDocumentsEveryKey(t *testing.T) {
+	data, err := os.ReadFile("../configs/reference.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &source{file: "reference.toml", data: data}
+	e := &errs{}
+	root, ok := parseTree(src, e)
+	if !ok || len(e.list) > 0 {
+		t.Fatalf("reference does not parse: %v", e.list)
+	}
+	d := &decoder{src: src, e: e, dir: "/etc/lvsd", f: &fragment{}}
+	r := newReader(src, e, root)
+	r.record = map[string]bool{}
+	d.root(r)
+
+	present := map[string]bool{}
+	var walk func(prefix string, t *table)
+	walk = func(prefix string, t *table) {
+		for i, k := range t.keys {
+			name := k
+			if prefix != "" {
+				name = prefix + "." + k
+			}
+			present[name] = true
+			v := t.vals[i]
+			switch {
+			case v.kind == kTable && name != "service.check.headers":
+				walk(name, v.tab)
+			case v.kind == kArray:
+				for _, el := range v.arr {
+					if el.kind == kTable {
+						walk(name, el.tab)
+					}
+				}
+			}
+		}
+	}
+	walk("", root)
+	for name := range r.record {
+		doc := strings.Replace(name, "service.backend.check.", "service.check.", 1)
+		if strings.HasPrefix(doc, "service.check.headers.") {
+			continue // header names are the user's
+		}
+		if !present[doc] {
+			t.Errorf("key %q is not in configs/reference.toml", doc)
+		}
+	}
+	if len(r.record) < 100 {
+		t.Errorf("recorded only %d keys; the recording hook is broken", len(r.record))
+	}
+}
+
+func TestHAExamples(t *testing.T) {
+	var cfgs []*Config
+	for _, name := range []string{"ha-dir-a.toml", "ha-dir-b.toml", "witness.toml"} {
+		cfg, err := Load(filepath.Join("..", "configs", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfgs = append(cfgs, cfg)
+	}
+	a, b, w := cfgs[0], cfgs[1], cfgs[2]
+	if len(a.Services) != 1 || len(b.Services) != 1 || a.Services[0].Group != "web" || a.VIPGroups[0].Priority <= b.VIPGroups[0].Priority {
+		t.Errorf("directors: a %d services prio %d, b %d services prio %d", len(a.Services), a.VIPGroups[0].Priority, len(b.Services), b.VIPGroups[0].Priority)
+	}
+	if w.NeedsIPVS() || len(w.VIPGroups) != 0 || !reflect.DeepEqual(w.Cluster.Members, a.Cluster.Members) || !reflect.DeepEqual(w.Cluster.Witnesses, []string{"witness-1"}) {
+		t.Errorf("witness: %+v", w.Cluster)
+	}
+	if a.Cluster.Bind == b.Cluster.Bind || len(a.Cluster.Peers) != 2 {
+		t.Errorf("cluster addresses: a %v b %v peers %v", a.Cluster.Bind, b.Cluster.Bind, a.Cluster.Peers)
+	}
+}

@@ -25,6 +25,9 @@ type reader struct {
 	// backend tables do not each allocate a list.
 	asked *[]string
 	start int
+	// record, when set (tests), collects the full name of every key asked
+	// for, to check that the reference config documents them all.
+	record map[string]bool
 }
 
 func newReader(src *source, e *errs, t *table) *reader {
@@ -32,7 +35,7 @@ func newReader(src *source, e *errs, t *table) *reader {
 }
 
 func (r *reader) child(key string, t *table, off uint32) *reader {
-	return &reader{src: r.src, e: r.e, t: t, off: off, parent: r, key: key, asked: r.asked, start: len(*r.asked)}
+	return &reader{src: r.src, e: r.e, t: t, off: off, parent: r, key: key, asked: r.asked, start: len(*r.asked), record: r.record}
 }
 
 // known returns the keys asked for so far.
@@ -40,6 +43,9 @@ func (r *reader) known() []string { return (*r.asked)[min(r.start, len(*r.asked)
 
 func (r *reader) get(key string) *value {
 	*r.asked = append(*r.asked, key)
+	if r.record != nil {
+		r.record[r.name(key)] = true
+	}
 	if r.t == nil {
 		return nil
 	}
