@@ -43,6 +43,9 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	var lost []lostOp
 	batch := make([]netlink.Message, 0, min(c.batchSize, len(ops)))
 	index := make([]int, 0, cap(batch))
+	// Requests are appended to one buffer; each message's Data is a
+	// capped slice of it, so later appends never touch earlier requests.
+	buf := make([]byte, 0, maxBatchBytes)
 	for i := 0; i < len(ops); {
 		if err := ctx.Err(); err != nil {
 			for ; i < len(ops); i++ {
@@ -56,20 +59,25 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 			}
 			break
 		}
-		batch, index = batch[:0], index[:0]
+		batch, index, buf = batch[:0], index[:0], buf[:0]
 		size := 0
 		for i < len(ops) && len(batch) < c.batchSize {
-			payload, err := encodeOp(ops[i])
-			if err != nil {
+			start := len(buf)
+			w := attrWriter{b: append(buf, uint8(ops[i].Cmd), genlVersion, 0, 0)}
+			if err := appendOp(&w, ops[i]); err != nil {
 				fail(i, err)
 				i++
 				continue
 			}
-			n := nlmsgHdrLen + genlHdrLen + len(payload)
+			n := nlmsgHdrLen + len(w.b) - start
 			if len(batch) > 0 && size+n > maxBatchBytes {
 				break // op i starts the next batch
 			}
-			batch = append(batch, c.message(uint8(ops[i].Cmd), payload, netlink.Request|netlink.Acknowledge))
+			buf = w.b
+			batch = append(batch, netlink.Message{
+				Header: netlink.Header{Type: netlink.HeaderType(c.family), Flags: netlink.Request | netlink.Acknowledge},
+				Data:   buf[start:len(buf):len(buf)],
+			})
 			index = append(index, i)
 			size += n
 			i++
@@ -144,26 +152,32 @@ func (c *Client) sendBatch(ctx context.Context, msgs []netlink.Message) []result
 	pending := len(msgs)
 	overrun := false
 	for pending > 0 {
-		replies, err := c.conn.Receive()
-		if err == nil {
-			for _, m := range replies {
+		var sockErr error
+		// Each ack is a datagram of its own; an error ack comes back as an
+		// error carrying its sequence number.
+		for m, err := range c.conn.ReceiveIter() {
+			if err == nil {
 				if k := m.Header.Sequence - first; m.Header.Type == netlink.Error && k < n && !res[k].done {
 					res[k].done = true
 					pending--
 				}
+				continue
 			}
+			if kerr := kernelErr(err); kerr != nil {
+				var oe *netlink.OpError
+				errors.As(err, &oe)
+				if k := oe.Sequence - first; k < n && !res[k].done {
+					res[k] = result{done: true, err: kerr}
+					pending--
+				}
+				continue
+			}
+			sockErr = err
+		}
+		if sockErr == nil {
 			continue
 		}
-		if kerr := kernelErr(err); kerr != nil {
-			var oe *netlink.OpError
-			errors.As(err, &oe)
-			if k := oe.Sequence - first; k < n && !res[k].done {
-				res[k] = result{done: true, err: kerr}
-				pending--
-			}
-			continue
-		}
-		if errors.Is(err, unix.ENOBUFS) && !overrun {
+		if errors.Is(sockErr, unix.ENOBUFS) && !overrun {
 			// Some acks were dropped. The rest are already queued: read
 			// them for a short while, then count the missing ones as lost.
 			overrun = true
@@ -171,7 +185,7 @@ func (c *Client) sendBatch(ctx context.Context, msgs []netlink.Message) []result
 			continue
 		}
 		c.dirty = true
-		cause := err
+		cause := sockErr
 		switch {
 		case ctx.Err() != nil:
 			cause = ctx.Err()

@@ -3,6 +3,7 @@ package ipvsnl
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -221,4 +222,21 @@ func TestBatchBytesBound(t *testing.T) {
 	if k.destCount() != 5000 {
 		t.Errorf("kernel has %d dests, want 5000", k.destCount())
 	}
+}
+
+// BenchmarkApplyClientSide measures ipvsnl's own cost per op (encoding,
+// batching, ack matching) against the in-memory fake kernel.
+func BenchmarkApplyClientSide(b *testing.B) {
+	ops := tableOps(1000, 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		k := newFakeKernel(&testing.T{})
+		k.ackOnly = true
+		c := k.client(1000)
+		c.log = slog.New(slog.DiscardHandler)
+		if errs := c.Apply(context.Background(), ops); errs != nil {
+			b.Fatal(errors.Join(errs...))
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ops)), "ns/op-object")
 }

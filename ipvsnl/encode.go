@@ -5,13 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-
-	"github.com/mdlayher/netlink"
 )
-
-// be16 returns v in network byte order, as the kernel's __be16 attributes
-// (ports) want it.
-func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 
 // validateServiceKey checks the fields that identify a service.
 func validateServiceKey(s Service) error {
@@ -118,120 +112,123 @@ func destFamily(d Destination) uint16 {
 	return 0
 }
 
-// addrBytes is an address as the kernel's nf_inet_addr wants it: 4 bytes
-// for IPv4, 16 for IPv6.
-func addrBytes(family uint16, a netip.Addr) []byte {
-	if family == AFInet {
-		b := a.Unmap().As4()
-		return b[:]
-	}
-	b := a.As16()
-	return b[:]
-}
-
 // encodeServiceKey writes the attributes that identify a service.
-func encodeServiceKey(ae *netlink.AttributeEncoder, s Service) {
-	ae.Uint16(svcAttrAF, s.Family)
+func encodeServiceKey(w *attrWriter, s Service) {
+	w.u16(svcAttrAF, s.Family)
 	if s.FWMark != 0 {
-		ae.Uint32(svcAttrFWMark, s.FWMark)
+		w.u32(svcAttrFWMark, s.FWMark)
 		return
 	}
-	ae.Uint16(svcAttrProtocol, s.Protocol)
-	ae.Bytes(svcAttrAddr, addrBytes(s.Family, s.Address))
-	ae.Bytes(svcAttrPort, be16(s.Port))
+	w.u16(svcAttrProtocol, s.Protocol)
+	w.addr(svcAttrAddr, s.Family, s.Address)
+	w.be16(svcAttrPort, s.Port)
 }
 
 // encodeService writes a full service entry (NEW/SET).
-func encodeService(ae *netlink.AttributeEncoder, s Service) {
-	encodeServiceKey(ae, s)
-	ae.String(svcAttrSchedName, s.Scheduler)
+func encodeService(w *attrWriter, s Service) {
+	encodeServiceKey(w, s)
+	w.str(svcAttrSchedName, s.Scheduler)
 	if s.PEName != "" {
-		ae.String(svcAttrPEName, s.PEName)
+		w.str(svcAttrPEName, s.PEName)
 	}
-	// The mask covers every bit, so a SET replaces the flags. HASHED must
-	// never be sent: a new service carrying it is silently left unhashed.
-	flags := make([]byte, 8)
-	binary.NativeEndian.PutUint32(flags[0:], s.Flags&^FlagHashed)
-	binary.NativeEndian.PutUint32(flags[4:], ^uint32(0))
-	ae.Bytes(svcAttrFlags, flags)
-	ae.Uint32(svcAttrTimeout, s.Timeout)
-	ae.Bytes(svcAttrNetmask, netmaskBytes(s.Family, s.Netmask))
+	// struct ip_vs_flags {flags, mask}: the mask covers every bit, so a SET
+	// replaces the flags. HASHED must never be sent: a new service carrying
+	// it is silently left unhashed.
+	w.header(svcAttrFlags, 8)
+	w.b = binary.NativeEndian.AppendUint32(w.b, s.Flags&^FlagHashed)
+	w.b = binary.NativeEndian.AppendUint32(w.b, ^uint32(0))
+	w.u32(svcAttrTimeout, s.Timeout)
+	// IPv4: the mask's bytes in network order; IPv6: a prefix length in
+	// host order. The kernel copies the four bytes as they come.
+	w.header(svcAttrNetmask, 4)
+	if s.Family == AFInet6 {
+		w.b = binary.NativeEndian.AppendUint32(w.b, uint32(s.Netmask))
+	} else {
+		w.b = binary.BigEndian.AppendUint32(w.b, uint32(s.Netmask))
+	}
 }
 
-// netmaskBytes encodes the netmask the way the kernel reads it: IPv4 as the
-// mask's bytes in network order, IPv6 as a native-endian prefix length.
-func netmaskBytes(family uint16, m Netmask) []byte {
-	if family == AFInet6 {
-		return binary.NativeEndian.AppendUint32(nil, uint32(m))
+// addr writes an address as the kernel's nf_inet_addr wants it: 4 bytes
+// for IPv4, 16 for IPv6.
+func (w *attrWriter) addr(typ uint16, family uint16, a netip.Addr) {
+	if family == AFInet {
+		b := a.Unmap().As4()
+		w.bytes(typ, b[:])
+		return
 	}
-	return binary.BigEndian.AppendUint32(nil, uint32(m))
+	b := a.As16()
+	w.bytes(typ, b[:])
 }
 
-func encodeDest(ae *netlink.AttributeEncoder, d Destination, full bool) {
+func encodeDest(w *attrWriter, d Destination, full bool) {
 	fam := destFamily(d)
-	ae.Bytes(destAttrAddr, addrBytes(fam, d.Address))
-	ae.Bytes(destAttrPort, be16(d.Port))
-	ae.Uint16(destAttrAddrFamily, fam)
+	w.addr(destAttrAddr, fam, d.Address)
+	w.be16(destAttrPort, d.Port)
+	w.u16(destAttrAddrFamily, fam)
 	if !full {
 		return
 	}
-	ae.Uint32(destAttrFwdMethod, d.Forward)
-	ae.Uint32(destAttrWeight, uint32(d.Weight))
-	ae.Uint32(destAttrUThresh, d.UpperThreshold)
-	ae.Uint32(destAttrLThresh, d.LowerThreshold)
+	w.u32(destAttrFwdMethod, d.Forward)
+	w.u32(destAttrWeight, uint32(d.Weight))
+	w.u32(destAttrUThresh, d.UpperThreshold)
+	w.u32(destAttrLThresh, d.LowerThreshold)
 	// Tunnel attributes exist since Linux 5.3; send them only when used.
 	if d.TunnelType != 0 {
-		ae.Uint8(destAttrTunType, d.TunnelType)
+		w.u8(destAttrTunType, d.TunnelType)
 	}
 	if d.TunnelPort != 0 {
-		ae.Bytes(destAttrTunPort, be16(d.TunnelPort))
+		w.be16(destAttrTunPort, d.TunnelPort)
 	}
 	if d.TunnelFlags != 0 {
-		ae.Uint16(destAttrTunFlags, d.TunnelFlags)
+		w.u16(destAttrTunFlags, d.TunnelFlags)
 	}
 }
 
-// encodeOp validates an op and returns its generic-netlink payload
-// (attributes only; the caller adds the headers).
-func encodeOp(op Op) ([]byte, error) {
-	ae := netlink.NewAttributeEncoder()
+// appendOp validates an op and appends its attributes to w. On error w is
+// left as it was.
+func appendOp(w *attrWriter, op Op) error {
 	switch op.Cmd {
 	case CmdNewService, CmdSetService:
 		if err := validateService(op.Service); err != nil {
-			return nil, err
+			return err
 		}
-		ae.Nested(cmdAttrService, func(nae *netlink.AttributeEncoder) error {
-			encodeService(nae, op.Service)
-			return nil
-		})
+		at := w.nest(cmdAttrService)
+		encodeService(w, op.Service)
+		w.end(at)
 	case CmdDelService:
 		if err := validateServiceKey(op.Service); err != nil {
-			return nil, err
+			return err
 		}
-		ae.Nested(cmdAttrService, func(nae *netlink.AttributeEncoder) error {
-			encodeServiceKey(nae, op.Service)
-			return nil
-		})
+		at := w.nest(cmdAttrService)
+		encodeServiceKey(w, op.Service)
+		w.end(at)
 	case CmdNewDest, CmdSetDest, CmdDelDest:
 		full := op.Cmd != CmdDelDest
 		if err := validateServiceKey(op.Service); err != nil {
-			return nil, err
+			return err
 		}
 		if err := validateDest(op.Service, op.Dest, full); err != nil {
-			return nil, err
+			return err
 		}
-		ae.Nested(cmdAttrService, func(nae *netlink.AttributeEncoder) error {
-			encodeServiceKey(nae, op.Service)
-			return nil
-		})
-		ae.Nested(cmdAttrDest, func(nae *netlink.AttributeEncoder) error {
-			encodeDest(nae, op.Dest, full)
-			return nil
-		})
+		at := w.nest(cmdAttrService)
+		encodeServiceKey(w, op.Service)
+		w.end(at)
+		at = w.nest(cmdAttrDest)
+		encodeDest(w, op.Dest, full)
+		w.end(at)
 	default:
-		return nil, fmt.Errorf("unknown command %d", uint8(op.Cmd))
+		return fmt.Errorf("unknown command %d", uint8(op.Cmd))
 	}
-	return ae.Encode()
+	return nil
+}
+
+// encodeOp returns an op's attributes (the generic-netlink payload).
+func encodeOp(op Op) ([]byte, error) {
+	var w attrWriter
+	if err := appendOp(&w, op); err != nil {
+		return nil, err
+	}
+	return w.b, nil
 }
 
 // encodeServiceKeyOnly is the payload of requests naming one service
@@ -240,12 +237,11 @@ func encodeServiceKeyOnly(s Service) ([]byte, error) {
 	if err := validateServiceKey(s); err != nil {
 		return nil, err
 	}
-	ae := netlink.NewAttributeEncoder()
-	ae.Nested(cmdAttrService, func(nae *netlink.AttributeEncoder) error {
-		encodeServiceKey(nae, s)
-		return nil
-	})
-	return ae.Encode()
+	var w attrWriter
+	at := w.nest(cmdAttrService)
+	encodeServiceKey(&w, s)
+	w.end(at)
+	return w.b, nil
 }
 
 func validateDaemon(d SyncDaemon) error {
@@ -271,43 +267,41 @@ func encodeDaemon(d SyncDaemon) ([]byte, error) {
 	if err := validateDaemon(d); err != nil {
 		return nil, err
 	}
-	ae := netlink.NewAttributeEncoder()
-	ae.Nested(cmdAttrDaemon, func(nae *netlink.AttributeEncoder) error {
-		nae.Uint32(daemonAttrState, uint32(d.State))
-		nae.String(daemonAttrMcastIfn, d.Interface)
-		nae.Uint32(daemonAttrSyncID, d.SyncID)
-		if d.MaxLen != 0 {
-			nae.Uint16(daemonAttrSyncMaxLen, d.MaxLen)
+	var w attrWriter
+	at := w.nest(cmdAttrDaemon)
+	w.u32(daemonAttrState, uint32(d.State))
+	w.str(daemonAttrMcastIfn, d.Interface)
+	w.u32(daemonAttrSyncID, d.SyncID)
+	if d.MaxLen != 0 {
+		w.u16(daemonAttrSyncMaxLen, d.MaxLen)
+	}
+	if d.Group.IsValid() {
+		if g := d.Group.Unmap(); g.Is4() {
+			b := g.As4()
+			w.bytes(daemonAttrMcastGroup, b[:])
+		} else {
+			b := g.As16()
+			w.bytes(daemonAttrMcastGrp6, b[:])
 		}
-		if d.Group.IsValid() {
-			if g := d.Group.Unmap(); g.Is4() {
-				b := g.As4()
-				nae.Bytes(daemonAttrMcastGroup, b[:])
-			} else {
-				b := g.As16()
-				nae.Bytes(daemonAttrMcastGrp6, b[:])
-			}
-		}
-		if d.Port != 0 {
-			// Unlike service ports, the kernel reads this one in host order.
-			nae.Uint16(daemonAttrMcastPort, d.Port)
-		}
-		if d.TTL != 0 {
-			nae.Uint8(daemonAttrMcastTTL, d.TTL)
-		}
-		return nil
-	})
-	return ae.Encode()
+	}
+	if d.Port != 0 {
+		// Unlike service ports, the kernel reads this one in host order.
+		w.u16(daemonAttrMcastPort, d.Port)
+	}
+	if d.TTL != 0 {
+		w.u8(daemonAttrMcastTTL, d.TTL)
+	}
+	w.end(at)
+	return w.b, nil
 }
 
 func encodeDaemonStop(state DaemonState) ([]byte, error) {
 	if state != DaemonMaster && state != DaemonBackup {
 		return nil, fmt.Errorf("sync daemon state %d is neither master (1) nor backup (2)", uint32(state))
 	}
-	ae := netlink.NewAttributeEncoder()
-	ae.Nested(cmdAttrDaemon, func(nae *netlink.AttributeEncoder) error {
-		nae.Uint32(daemonAttrState, uint32(state))
-		return nil
-	})
-	return ae.Encode()
+	var w attrWriter
+	at := w.nest(cmdAttrDaemon)
+	w.u32(daemonAttrState, uint32(state))
+	w.end(at)
+	return w.b, nil
 }

@@ -33,7 +33,8 @@ type fakeKernel struct {
 	failNth map[int]syscall.Errno
 	nth     int
 
-	sends    int // sendmsg calls
+	ackOnly  bool // acknowledge without decoding (client-side benchmarks)
+	sends    int  // sendmsg calls
 	reopens  int
 	requests []uint8
 	// dumpReplies answers a dump request with these generic-netlink
@@ -81,6 +82,10 @@ func (k *fakeKernel) SendMessages(msgs []netlink.Message) error {
 	for _, m := range msgs {
 		if m.Header.Type != fakeFamily {
 			k.t.Errorf("request to family %d, want %d", m.Header.Type, fakeFamily)
+		}
+		if k.ackOnly {
+			k.queue = append(k.queue, ack(m, 0))
+			continue
 		}
 		var gm genetlink.Message
 		if err := gm.UnmarshalBinary(m.Data); err != nil {

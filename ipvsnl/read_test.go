@@ -2,6 +2,7 @@ package ipvsnl
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -58,7 +59,7 @@ func kernelService(s Service) genetlink.Message {
 				copy(a[:], v4[:])
 			}
 			n.Bytes(svcAttrAddr, a[:])
-			n.Bytes(svcAttrPort, be16(s.Port))
+			n.Bytes(svcAttrPort, bePort(s.Port))
 		}
 		n.String(svcAttrSchedName, s.Scheduler)
 		if s.PEName != "" {
@@ -66,7 +67,7 @@ func kernelService(s Service) genetlink.Message {
 		}
 		n.Bytes(svcAttrFlags, append(ne32(s.Flags), 0xff, 0xff, 0xff, 0xff))
 		n.Uint32(svcAttrTimeout, s.Timeout)
-		n.Bytes(svcAttrNetmask, netmaskBytes(s.Family, s.Netmask))
+		n.Bytes(svcAttrNetmask, kernelNetmask(s.Family, s.Netmask))
 		// 32-bit counters truncated, as the kernel does
 		kernelStats(n, svcAttrStats, s.Stats, false)
 		kernelStats(n, svcAttrStats64, s.Stats, true)
@@ -86,11 +87,11 @@ func kernelDest(d Destination) genetlink.Message {
 			copy(a[:], v4[:])
 		}
 		n.Bytes(destAttrAddr, a[:])
-		n.Bytes(destAttrPort, be16(d.Port))
+		n.Bytes(destAttrPort, bePort(d.Port))
 		n.Uint32(destAttrFwdMethod, d.Forward)
 		n.Uint32(destAttrWeight, uint32(d.Weight))
 		n.Uint8(destAttrTunType, d.TunnelType)
-		n.Bytes(destAttrTunPort, be16(d.TunnelPort))
+		n.Bytes(destAttrTunPort, bePort(d.TunnelPort))
 		n.Uint16(destAttrTunFlags, d.TunnelFlags)
 		n.Uint32(destAttrUThresh, d.UpperThreshold)
 		n.Uint32(destAttrLThresh, d.LowerThreshold)
@@ -279,4 +280,16 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 	if err := decodeNested(nil, cmdAttrDest, "destination", func(*netlink.AttributeDecoder) error { return nil }); err == nil {
 		t.Error("a reply without the nest decoded")
 	}
+}
+
+func bePort(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
+// kernelNetmask is IPVS_SVC_ATTR_NETMASK as the kernel dumps it: the raw
+// __be32 it stores (IPv4 mask bytes, or the IPv6 prefix length as a host
+// integer).
+func kernelNetmask(family uint16, m Netmask) []byte {
+	if family == AFInet6 {
+		return binary.NativeEndian.AppendUint32(nil, uint32(m))
+	}
+	return binary.BigEndian.AppendUint32(nil, uint32(m))
 }

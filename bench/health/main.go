@@ -246,9 +246,11 @@ func runLVSD(ctx context.Context, c config, srv *server) (figures, error) {
 			Logger:       slog.New(slog.DiscardHandler),
 			OnTransition: func(healthcheck.Event) { transitions.Add(1) },
 		})
+		t := time.Now()
 		if err := m.Update(checks); err != nil {
 			return figures{}, fmt.Errorf("monitor update: %w", err)
 		}
+		fmt.Printf("health bench: Update with %d checks took %s\n", len(checks), time.Since(t).Round(time.Millisecond))
 		count = m.ChecksRun
 		down = func() int {
 			n := 0
@@ -257,7 +259,7 @@ func runLVSD(ctx context.Context, c config, srv *server) (figures, error) {
 				if st.State != healthcheck.StateUp {
 					n++
 				}
-				if st.Reason != "ok" {
+				if st.Checks > 0 && st.Reason != "ok" {
 					reasons[st.Reason]++
 				}
 			}
