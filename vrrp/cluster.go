@@ -40,7 +40,7 @@ type cluster struct {
 	self    netip.AddrPort
 	peers   []*memberlist.Node // built from configured addresses, not membership
 	queue   *memberlist.TransmitLimitedQueue
-	state   atomic.Pointer[StateDelegate]
+	state   *atomic.Pointer[StateDelegate] // the Node's; set at any time
 	onMsg   func(kind byte, payload []byte, at time.Time)
 	rejoin  time.Duration
 	sendErr rateLimiter
@@ -49,7 +49,8 @@ type cluster struct {
 // newCluster starts memberlist. onMsg receives heartbeats and user messages
 // (payload without the kind byte); it must not block and must copy what it
 // keeps.
-func newCluster(c *ClusterSpec, name string, lg *slog.Logger, onMsg func(byte, []byte, time.Time)) (*cluster, error) {
+func newCluster(c *ClusterSpec, name string, lg *slog.Logger, state *atomic.Pointer[StateDelegate],
+	onMsg func(byte, []byte, time.Time)) (*cluster, error) {
 	bindIP, bindPort, err := splitHostPort(c.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("cluster.bind %q: %w", c.Bind, err)
@@ -62,7 +63,7 @@ func newCluster(c *ClusterSpec, name string, lg *slog.Logger, onMsg func(byte, [
 	if err != nil {
 		return nil, fmt.Errorf("cluster.advertise %q: %w", adv, err)
 	}
-	cl := &cluster{log: lg, onMsg: onMsg, rejoin: c.RejoinInterval,
+	cl := &cluster{log: lg, onMsg: onMsg, rejoin: c.RejoinInterval, state: state,
 		self: netip.AddrPortFrom(advIP, advPort), sendErr: rateLimiter{every: 10 * time.Second}}
 	for i, p := range c.Peers {
 		ip, port, err := splitHostPort(p)

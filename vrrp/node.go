@@ -68,8 +68,8 @@ type Node struct {
 
 	addrs     addresser
 	announcer announcer
-	cl        *cluster
-	send      func([]byte) // heartbeat transport (cluster.send)
+	cl        atomic.Pointer[cluster] // set by Run
+	send      func([]byte)            // heartbeat transport (cluster.send)
 
 	inbox chan any
 	tmpl  atomic.Pointer[[]byte] // current heartbeat, seq patched at send
@@ -84,7 +84,7 @@ type Node struct {
 	onDigest  func(peer string, digest []byte)
 	digest    []byte
 
-	pendingDelegate atomic.Pointer[StateDelegate]
+	delegate atomic.Pointer[StateDelegate]
 
 	running  atomic.Bool
 	stopReq  chan context.Context
@@ -159,27 +159,25 @@ func (n *Node) SetDigest(d []byte) error {
 
 // SetStateDelegate hooks the daemon's state into memberlist's push-pull.
 func (n *Node) SetStateDelegate(d StateDelegate) {
-	n.pendingDelegate.Store(&d)
-	if n.cl != nil {
-		n.cl.state.Store(&d)
-	}
+	n.delegate.Store(&d)
 }
 
 // Broadcast gossips b to all members (delivered to their message handler).
 func (n *Node) Broadcast(b []byte) error {
-	if n.cl == nil {
-		return errors.New("vrrp: broadcast: standalone node has no cluster")
+	cl := n.cl.Load()
+	if cl == nil {
+		return errors.New("vrrp: broadcast: no cluster (standalone, or not running)")
 	}
-	n.cl.broadcast(b)
+	cl.broadcast(b)
 	return nil
 }
 
 // Members reports memberlist's view of the cluster (empty when standalone).
 func (n *Node) Members() []MemberInfo {
-	if n.cl == nil {
-		return nil
+	if cl := n.cl.Load(); cl != nil {
+		return cl.members()
 	}
-	return n.cl.members()
+	return nil
 }
 
 // Status returns a snapshot.
@@ -374,14 +372,12 @@ func (n *Node) Run(ctx context.Context) error {
 
 	var hold time.Duration
 	if c := n.spec.Cluster; c != nil {
-		cl, err := newCluster(c, n.spec.Node.Name, lg, n.receive)
+		cl, err := newCluster(c, n.spec.Node.Name, lg, &n.delegate, n.receive)
 		if err != nil {
 			return fmt.Errorf("vrrp: %w", err)
 		}
-		if d := n.pendingDelegate.Load(); d != nil {
-			cl.state.Store(d)
-		}
-		n.cl, n.send, hold = cl, cl.send, c.DeadAfter
+		n.cl.Store(cl)
+		n.send, hold = cl.send, c.DeadAfter
 		wg.Go(func() { cl.run(runCtx) })
 		wg.Go(func() { n.sendLoop(runCtx, c.HeartbeatInterval) })
 	}
@@ -421,8 +417,8 @@ loop:
 	}
 	e.shutdown()
 	cancel()
-	if n.cl != nil {
-		n.cl.close(500 * time.Millisecond)
+	if cl := n.cl.Load(); cl != nil {
+		cl.close(500 * time.Millisecond)
 	}
 	for _, q := range n.notes {
 		q.close(stopCtx)
@@ -734,7 +730,7 @@ func (e *engine) publish(views map[string]GroupView, force bool) {
 	n.mu.Lock()
 	dig := n.digest
 	n.mu.Unlock()
-	if !force && maps.Equal(views, e.lastViews) && string(dig) == string(e.lastDig) {
+	if !force && n.tmpl.Load() != nil && maps.Equal(views, e.lastViews) && string(dig) == string(e.lastDig) {
 		return
 	}
 	e.lastViews, e.lastDig = views, dig
@@ -790,8 +786,8 @@ func (e *engine) snapshot(res ElectionResult) {
 	n := e.n
 	st := Status{Node: n.spec.Node.Name, Witness: n.spec.Witness, Quorum: res.Quorum, Visible: res.Visible, Needed: res.Needed}
 	gossip := map[string]string{}
-	if n.cl != nil {
-		for _, m := range n.cl.members() {
+	if cl := n.cl.Load(); cl != nil {
+		for _, m := range cl.members() {
 			gossip[m.Name] = m.State
 		}
 	}
