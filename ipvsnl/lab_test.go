@@ -4,6 +4,7 @@ package ipvsnl
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/lvsd/lvsd/ipvsnl/ipvsadmtest"
 	"github.com/lvsd/lvsd/lab/topo"
+	mobyipvs "github.com/moby/ipvs"
 	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -614,5 +616,102 @@ func TestLabOverrun(t *testing.T) {
 	}
 	if len(got) != 40 || dests != 360 {
 		t.Errorf("table has %d services, %d dests; want 40, 360", len(got), dests)
+	}
+}
+
+// TestLabSyncReplicatesConnections: a master on dir-a and a backup on dir-b
+// with the same syncid; a client's connection and persistence template made
+// through dir-a appear in dir-b's connection table.
+func TestLabSyncReplicatesConnections(t *testing.T) {
+	requireVM(t)
+	tp := topo.New(t)
+	client := tp.Host("client", "198.18.0.10/24")
+	a := tp.Host("dir-a", "198.18.0.1/24")
+	b := tp.Host("dir-b", "198.18.0.2/24")
+	rs := tp.Host("rs1", "198.18.0.21/24")
+	a.AddAddr("eth0", "198.18.0.100/32")
+	rs.AddLoopbackVIP("198.18.0.100")
+	rs.ServeIdentify(":80")
+	ctx := ctxT(t)
+	s := persistent(svc4("198.18.0.100", 80), 300)
+	for _, h := range []*topo.Host{a, b} {
+		c := openIn(t, h)
+		n := &labNS{t: t, host: h, c: c}
+		n.apply([]Op{{Cmd: CmdNewService, Service: s}, {Cmd: CmdNewDest, Service: s, Dest: dr("198.18.0.21", 80)}})
+		state := DaemonMaster
+		if h == b {
+			state = DaemonBackup
+		}
+		if err := c.StartDaemon(ctx, SyncDaemon{State: state, Interface: "eth0", SyncID: 5}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A long-lived connection: established entries are synced as they pass
+	// the packet threshold, with their template.
+	conn, err := client.Dial(ctx, "tcp", "198.18.0.100:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 64)
+	for i := range 5 {
+		if _, err := conn.Write([]byte("ping\n")); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Read(buf); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	var out string
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err = b.Run(ctx, "ipvsadm", "-L", "-n", "-c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The template: client address with port 0 to the VIP.
+		if strings.Contains(out, "198.18.0.10:0") && strings.Contains(out, "198.18.0.21:80") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if !strings.Contains(out, "198.18.0.10:0") || !strings.Contains(out, "198.18.0.21:80") {
+		ao, _ := a.Run(ctx, "ipvsadm", "-L", "-n", "-c")
+		t.Fatalf("backup has no synced template for the client.\nbackup:\n%s\nmaster:\n%s", out, ao)
+	}
+	t.Logf("backup's connection table:\n%s", out)
+}
+
+// TestLabMobyReadsIpvsnlTable: moby/ipvs, the library this package replaces
+// for writes, reads what ipvsnl wrote; only the IPv4 netmask comes back in
+// its byte order (host order of the network-order bytes), the trap ipvsnl
+// avoids.
+func TestLabMobyReadsIpvsnlTable(t *testing.T) {
+	n := newNS(t)
+	s := persistent(svc4("198.18.1.110", 0), 500)
+	s.Netmask = 0xFFFFFF00
+	n.apply([]Op{{Cmd: CmdNewService, Service: s}, {Cmd: CmdNewDest, Service: s, Dest: dr("198.18.1.111", 0)}})
+	h, err := mobyipvs.New(n.host.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	svcs, err := h.GetServices()
+	if err != nil || len(svcs) != 1 {
+		t.Fatalf("moby GetServices: %v, %v", svcs, err)
+	}
+	m := svcs[0]
+	if m.SchedName != "rr" || m.Timeout != 500 || m.Flags != uint32(FlagPersistent|FlagHashed) || !m.Address.Equal(s.Address.AsSlice()) || m.Port != 0 {
+		t.Errorf("moby sees %+v", m)
+	}
+	var mask [4]byte
+	binary.NativeEndian.PutUint32(mask[:], m.Netmask)
+	if netip.AddrFrom4(mask) != v4("255.255.255.0") {
+		t.Errorf("moby's netmask %#x is not the mask's bytes in host order", m.Netmask)
+	}
+	ds, err := h.GetDestinations(m)
+	if err != nil || len(ds) != 1 || ds[0].ConnectionFlags != mobyipvs.ConnectionFlagDirectRoute || ds[0].Weight != 1 {
+		t.Errorf("moby GetDestinations: %+v, %v", ds, err)
 	}
 }
