@@ -39,6 +39,7 @@ const usage = `usage:
 type vmFlags struct {
 	mem, cpus int
 	timeout   time.Duration
+	bootLimit time.Duration
 	accel     string
 	debug     bool
 }
@@ -47,6 +48,7 @@ func (v *vmFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&v.mem, "mem", 1024, "guest memory in MB")
 	fs.IntVar(&v.cpus, "cpus", 2, "guest vCPUs")
 	fs.DurationVar(&v.timeout, "timeout", 20*time.Minute, "limit for the whole VM run")
+	fs.DurationVar(&v.bootLimit, "boot-timeout", 3*time.Minute, "a boot slower than this counts as hung: killed and tried once more")
 	fs.StringVar(&v.accel, "accel", "", "tcg or kvm (default: chosen from the host)")
 	fs.BoolVar(&v.debug, "debug", false, "log debug detail (qemu command line)")
 }
@@ -131,12 +133,12 @@ func boot(ctx context.Context, f vmFlags, script string, env []string, stdout, s
 		return nil, fmt.Errorf("set up the lab: %w", err)
 	}
 	res, err := vm.Run(ctx, a, vm.CacheDir(), vm.Spec{
-		Script: script, Env: env, MemoryMB: f.mem, CPUs: f.cpus, Accel: f.accel,
+		Script: script, Env: env, MemoryMB: f.mem, CPUs: f.cpus, Accel: f.accel, BootTimeout: f.bootLimit,
 		Stdout: stdout, Stderr: stderr,
 	}, log)
 	if res != nil {
-		fmt.Fprintf(stderr, "lvslab: VM (%s, kernel %s): boot %.2fs, total %.2fs\n",
-			res.Accel, a.KernelVersion, res.Boot.Seconds(), res.Total.Seconds())
+		fmt.Fprintf(stderr, "lvslab: VM (%s, kernel %s): boot %.2fs, total %.2fs, qemu CPU %.2fs\n",
+			res.Accel, a.KernelVersion, res.Boot.Seconds(), res.Total.Seconds(), res.CPU.Seconds())
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		err = fmt.Errorf("%w (limit -timeout %s)", err, f.timeout)

@@ -96,15 +96,19 @@ func ensurePackages(ctx context.Context, log *slog.Logger, out io.Writer) error 
 		return nil
 	}
 	log.Info("installing host packages", "packages", miss)
-	if err := runCmd(ctx, out, "", "apt-get", "update", "-q"); err != nil {
+	if err := runCmd(ctx, out, "", "apt-get", aptLockWait, "update", "-q"); err != nil {
 		return fmt.Errorf("apt-get update: %w", err)
 	}
-	args := append([]string{"install", "-y", "-q", "--no-install-recommends"}, miss...)
+	args := append([]string{aptLockWait, "install", "-y", "-q", "--no-install-recommends"}, miss...)
 	if err := runCmd(ctx, out, "", "apt-get", args...); err != nil {
 		return fmt.Errorf("apt-get install %s: %w", strings.Join(miss, " "), err)
 	}
 	return nil
 }
+
+// aptLockWait makes apt-get wait for another apt/dpkg run (another lab
+// setup, say) instead of failing at once.
+const aptLockWait = "-oDPkg::Lock::Timeout=600"
 
 func runCmd(ctx context.Context, out io.Writer, dir, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
@@ -210,7 +214,7 @@ func resolveKernelPackage(ctx context.Context, out io.Writer) (string, error) {
 			}
 		}
 		if attempt == 0 {
-			if err := runCmd(ctx, out, "", "apt-get", "update", "-q"); err != nil {
+			if err := runCmd(ctx, out, "", "apt-get", aptLockWait, "update", "-q"); err != nil {
 				return "", fmt.Errorf("apt-get update: %w", err)
 			}
 		}

@@ -32,6 +32,10 @@ type Spec struct {
 	CPUs     int
 	// Accel is "tcg", "kvm" or "" to choose (see ChooseAccel).
 	Accel string
+	// BootTimeout bounds the boot (until the script starts); a boot that
+	// takes longer is treated as hung, killed and tried once more. Default
+	// 3 minutes: a boot takes 5-10 s on an idle host, much more on a busy one.
+	BootTimeout time.Duration
 	// Stdout and Stderr receive the script's output as it arrives.
 	Stdout, Stderr io.Writer
 }
@@ -43,6 +47,9 @@ type Result struct {
 	// Boot is from qemu's start until the guest is ready to run the script
 	// (kernel, initramfs and module loading done); Total until qemu exited.
 	Boot, Total time.Duration
+	// CPU is qemu's user+system CPU time: unlike the wall-clock figures it
+	// hardly depends on how busy the host is.
+	CPU time.Duration
 }
 
 // markerReady is written by stage2 on the stdout port just before the
@@ -125,7 +132,7 @@ func qemuArgs(a *Assets, accel string, memMB, cpus int, runDir string) ([]string
 	args = append(args,
 		"-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(memMB),
 		"-kernel", a.Vmlinux, "-initrd", a.Initramfs,
-		"-append", "console=ttyS0 quiet panic=-1 rdinit=/init lvslab.moddir="+a.ModulesDir,
+		"-append", kernelArgs(a),
 		"-serial", "file:"+filepath.Join(runDir, "console.log"),
 		"-virtfs", "local,path=/,mount_tag="+tagHostRoot+",security_model=none,readonly=on,multidevs=remap",
 		"-virtfs", "local,path="+filepath.Join(runDir, "io")+",mount_tag="+tagIO+",security_model=none,multidevs=remap",
@@ -136,6 +143,16 @@ func qemuArgs(a *Assets, accel string, memMB, cpus int, runDir string) ([]string
 		"-device", "virtserialport,bus=vser.0,nr=2,chardev=err,name="+portErr,
 	)
 	return args, nil
+}
+
+// kernelArgs is the guest kernel's command line; $LVSD_LAB_KERNEL_ARGS is
+// appended (e.g. "loglevel=7" to see more on the console log).
+func kernelArgs(a *Assets) string {
+	args := "console=ttyS0 quiet panic=-1 rdinit=/init lvslab.moddir=" + a.ModulesDir
+	if extra := os.Getenv("LVSD_LAB_KERNEL_ARGS"); extra != "" {
+		args += " " + extra
+	}
+	return args
 }
 
 // ShellQuote quotes s for a POSIX shell.
@@ -206,6 +223,23 @@ func Run(ctx context.Context, a *Assets, cacheDir string, spec Spec, log *slog.L
 	if spec.Stderr == nil {
 		spec.Stderr = io.Discard
 	}
+	if spec.BootTimeout == 0 {
+		spec.BootTimeout = 3 * time.Minute
+	}
+	const attempts = 2
+	for i := 1; ; i++ {
+		res, err := runOnce(ctx, a, cacheDir, spec, log)
+		if !errors.Is(err, errBootHung) || i == attempts {
+			return res, err
+		}
+		log.Warn("VM boot hung; killed it, booting again", "attempt", i, "boot_timeout", spec.BootTimeout)
+	}
+}
+
+// errBootHung means the guest never reached the script within BootTimeout.
+var errBootHung = errors.New("VM boot hung")
+
+func runOnce(ctx context.Context, a *Assets, cacheDir string, spec Spec, log *slog.Logger) (*Result, error) {
 	runDir, err := newRunDir(cacheDir)
 	if err != nil {
 		return nil, err
@@ -230,11 +264,24 @@ func Run(ctx context.Context, a *Assets, cacheDir string, spec Spec, log *slog.L
 	}
 	res := &Result{Accel: spec.Accel, ExitCode: -1}
 	start := time.Now()
+	qctx, cancelQemu := context.WithCancel(ctx)
+	defer cancelQemu()
 	var mu sync.Mutex
+	booted, hung := false, false
+	watchdog := time.AfterFunc(spec.BootTimeout, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !booted {
+			hung = true
+			cancelQemu()
+		}
+	})
+	defer watchdog.Stop()
 	mark := func(m string) {
 		mu.Lock()
 		defer mu.Unlock()
-		if m == markerReady {
+		if m == markerReady && !hung {
+			booted = true
 			res.Boot = time.Since(start)
 		}
 	}
@@ -250,7 +297,8 @@ func Run(ctx context.Context, a *Assets, cacheDir string, spec Spec, log *slog.L
 	go func() { defer readers.Done(); drainFifo(errFifo, spec.Stderr) }()
 
 	log.Debug("starting qemu", "args", args)
-	waitErr := runQemu(ctx, args)
+	cpu, waitErr := runQemu(qctx, args)
+	res.CPU = cpu
 	res.Total = time.Since(start)
 	// If qemu died before opening a FIFO, its reader is still blocked in
 	// open(2); opening the write side releases it.
@@ -262,6 +310,12 @@ func Run(ctx context.Context, a *Assets, cacheDir string, spec Spec, log *slog.L
 	readers.Wait()
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("VM run: %w", ctx.Err())
+	}
+	mu.Lock()
+	wasHung := hung
+	mu.Unlock()
+	if wasHung {
+		return res, fmt.Errorf("%w: no ready signal after %s; console:\n%s", errBootHung, spec.BootTimeout, tail(filepath.Join(runDir, "console.log"), 20))
 	}
 	b, err := os.ReadFile(filepath.Join(ioDir, "exit"))
 	if err != nil {
@@ -278,8 +332,12 @@ func Run(ctx context.Context, a *Assets, cacheDir string, spec Spec, log *slog.L
 // runQemu starts qemu from a locked OS thread, because Pdeathsig fires when
 // the creating thread exits: the thread must live as long as qemu does.
 // qemu is killed when ctx ends or when this process dies.
-func runQemu(ctx context.Context, args []string) error {
-	done := make(chan error, 1)
+func runQemu(ctx context.Context, args []string) (time.Duration, error) {
+	type result struct {
+		cpu time.Duration
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
@@ -288,7 +346,7 @@ func runQemu(ctx context.Context, args []string) error {
 		cmd.Stderr = &stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
-			done <- fmt.Errorf("start qemu: %w", err)
+			done <- result{err: fmt.Errorf("start qemu: %w", err)}
 			return
 		}
 		waited := make(chan error, 1)
@@ -303,9 +361,14 @@ func runQemu(ctx context.Context, args []string) error {
 		if err != nil && stderr.Len() > 0 {
 			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 		}
-		done <- err
+		var cpu time.Duration
+		if ps := cmd.ProcessState; ps != nil {
+			cpu = ps.UserTime() + ps.SystemTime()
+		}
+		done <- result{cpu, err}
 	}()
-	return <-done
+	r := <-done
+	return r.cpu, r.err
 }
 
 func drainFifo(path string, w io.Writer) {
