@@ -56,7 +56,7 @@ type Options struct {
 	NetNSPath string
 	// BatchSize bounds the requests per sendmsg; 0 means DefaultBatchSize.
 	BatchSize int
-	// Logger receives debug and warning records; nil means slog.Default().
+	// Logger receives debug and warning records; nil discards them.
 	Logger *slog.Logger
 	// LoadModule runs when the IPVS generic-netlink family is missing;
 	// nil means `modprobe ip_vs`.
@@ -87,7 +87,7 @@ type Client struct {
 func Open(ctx context.Context, opts Options) (*Client, error) {
 	log := opts.Logger
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	var nsFile *os.File
 	nsFD := 0
@@ -136,7 +136,7 @@ func newClient(conn *netlink.Conn, family uint16, batch int, log *slog.Logger) *
 		batch = DefaultBatchSize
 	}
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	return &Client{log: log, family: family, conn: conn, batchSize: batch, seq: 1}
 }

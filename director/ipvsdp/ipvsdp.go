@@ -49,7 +49,7 @@ type Option func(*config)
 // (/run/netns/NAME, /proc/PID/ns/net) instead of the caller's.
 func WithNetNS(path string) Option { return func(c *config) { c.nl.NetNSPath = path } }
 
-// WithLogger sets the logger (default slog.Default()).
+// WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.nl.Logger = l } }
 
 // WithBatchSize bounds the requests per sendmsg (default
@@ -63,10 +63,10 @@ func Open(ctx context.Context, opts ...Option) (*Dataplane, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	log := cfg.nl.Logger
-	if log == nil {
-		log = slog.Default()
+	if cfg.nl.Logger == nil {
+		cfg.nl.Logger = slog.New(slog.DiscardHandler)
 	}
+	log := cfg.nl.Logger
 	w, err := ipvsnl.Open(ctx, cfg.nl)
 	if err != nil {
 		return nil, fmt.Errorf("ipvsdp: %w", err)
