@@ -165,6 +165,29 @@ func TestApplyOverrunLeavesConflictingOpsUnknown(t *testing.T) {
 	}
 }
 
+func TestApplyNoAcks(t *testing.T) {
+	k := newFakeKernel(t)
+	k.silent = true
+	c := k.client(10)
+	ops := tableOps(2, 2)
+	errs := c.Apply(context.Background(), ops)
+	if len(errs) != len(ops) {
+		t.Fatalf("errors %v", errs)
+	}
+	for i, err := range errs {
+		if !errors.Is(err, ErrAckLost) {
+			t.Errorf("op %d: %v, want ErrAckLost", i, err)
+		}
+	}
+	if k.reopens == 0 {
+		t.Error("the socket with missing replies was not replaced")
+	}
+	// The kernel did apply them: the outcome really was unknown.
+	if len(k.services) != 2 || k.destCount() != 4 {
+		t.Errorf("fake kernel has %d services, %d dests", len(k.services), k.destCount())
+	}
+}
+
 func TestApplyCancelled(t *testing.T) {
 	k := newFakeKernel(t)
 	c := k.client(10)

@@ -237,19 +237,20 @@ func (c *Client) BatchSize() int {
 // arm applies ctx's deadline and cancellation to the socket; the returned
 // func undoes it. Must be called with c.mu held.
 func (c *Client) arm(ctx context.Context) (disarm func()) {
+	conn := c.conn
 	if dl, ok := ctx.Deadline(); ok {
-		_ = c.conn.SetDeadline(dl)
+		_ = conn.SetDeadline(dl)
 	}
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
-		_ = c.conn.SetDeadline(time.Unix(1, 0))
+		_ = conn.SetDeadline(time.Unix(1, 0))
 		close(fired)
 	})
 	return func() {
 		if !stop() {
-			<-fired
+			<-fired // never leave a late deadline behind
 		}
-		_ = c.conn.SetDeadline(time.Time{})
+		_ = conn.SetDeadline(time.Time{})
 	}
 }
 

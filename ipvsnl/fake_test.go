@@ -34,6 +34,7 @@ type fakeKernel struct {
 	nth     int
 
 	ackOnly  bool // acknowledge without decoding (client-side benchmarks)
+	silent   bool // apply requests but never acknowledge them
 	sends    int  // sendmsg calls
 	reopens  int
 	requests []uint8
@@ -119,6 +120,9 @@ func (k *fakeKernel) SendMessages(msgs []netlink.Message) error {
 		}
 		k.nth++
 		if errno == 0 && m.Header.Flags&netlink.Acknowledge == 0 {
+			continue
+		}
+		if k.silent {
 			continue
 		}
 		if k.ackCap > 0 && len(k.queue) >= k.ackCap {
