@@ -30,11 +30,12 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	if len(ops) == 0 {
 		return nil
 	}
-	errs := make([]error, len(ops))
-	failed := false
+	var errs []error // allocated at the first failure
 	fail := func(i int, err error) {
+		if errs == nil {
+			errs = make([]error, len(ops))
+		}
 		errs[i] = &OpError{Index: i, Op: ops[i], Err: err}
-		failed = true
 	}
 
 	c.mu.Lock()
@@ -97,9 +98,6 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	}
 	if len(lost) > 0 {
 		c.resolveLost(ctx, ops, lost, fail)
-	}
-	if !failed {
-		return nil
 	}
 	return errs
 }

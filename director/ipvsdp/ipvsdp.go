@@ -32,8 +32,22 @@ import (
 // Dataplane is the kernel's IPVS table of one network namespace.
 type Dataplane struct {
 	log    *slog.Logger
-	writer *ipvsnl.Client
-	reader *ipvsnl.Client
+	writer client
+	reader client
+}
+
+// client is what the Dataplane uses of an ipvsnl.Client.
+type client interface {
+	Apply(ctx context.Context, ops []ipvsnl.Op) []error
+	Services(ctx context.Context) ([]ipvsnl.Service, error)
+	Destinations(ctx context.Context, svc ipvsnl.Service) ([]ipvsnl.Destination, error)
+	Zero(ctx context.Context, svc *ipvsnl.Service) error
+	Daemons(ctx context.Context) ([]ipvsnl.SyncDaemon, error)
+	StartDaemon(ctx context.Context, d ipvsnl.SyncDaemon) error
+	StopDaemon(ctx context.Context, state ipvsnl.DaemonState) error
+	Sysctl(name string) (int, error)
+	SetSysctl(name string, value int) error
+	Close() error
 }
 
 var _ director.Dataplane = (*Dataplane)(nil)
@@ -97,29 +111,38 @@ func (d *Dataplane) Apply(ctx context.Context, ops []director.Op) []error {
 		}
 		errs[i] = fmt.Errorf("ipvsdp: %s: %w", ops[i], err)
 	}
-	nlOps := make([]ipvsnl.Op, 0, len(ops))
-	index := make([]int, 0, len(ops))
-	for i, op := range ops {
-		o, err := toNLOp(op)
-		if err != nil {
-			fail(i, err)
-			continue
+	// Convert and send in chunks, so a full table (110,000 ops) is not held
+	// twice; ipvsnl batches within each chunk.
+	nlOps := make([]ipvsnl.Op, 0, min(len(ops), applyChunk))
+	index := make([]int, 0, cap(nlOps))
+	for start := 0; start < len(ops); start += applyChunk {
+		nlOps, index = nlOps[:0], index[:0]
+		for i := start; i < min(start+applyChunk, len(ops)); i++ {
+			o, err := toNLOp(ops[i])
+			if err != nil {
+				fail(i, err)
+				continue
+			}
+			nlOps = append(nlOps, o)
+			index = append(index, i)
 		}
-		nlOps = append(nlOps, o)
-		index = append(index, i)
-	}
-	for k, err := range d.writer.Apply(ctx, nlOps) {
-		if err == nil {
-			continue
+		for k, err := range d.writer.Apply(ctx, nlOps) {
+			if err == nil {
+				continue
+			}
+			var oe *ipvsnl.OpError
+			if errors.As(err, &oe) {
+				err = oe.Err
+			}
+			fail(index[k], err)
 		}
-		var oe *ipvsnl.OpError
-		if errors.As(err, &oe) {
-			err = oe.Err
-		}
-		fail(index[k], err)
 	}
 	return errs
 }
+
+// applyChunk is how many ops Apply converts at a time: a few sendmsg
+// batches' worth.
+const applyChunk = 4 * ipvsnl.DefaultBatchSize
 
 // Services lists every virtual service of the namespace, owned or not.
 func (d *Dataplane) Services(ctx context.Context) ([]director.Service, error) {
