@@ -282,11 +282,12 @@ type ctlMsg struct {
 }
 
 type peerState struct {
-	boot, seq uint64
-	lastSeen  time.Time
-	releasing bool
-	groups    map[string]GroupView
-	digest    []byte
+	boot, seq  uint64
+	lastSeen   time.Time
+	graceUntil time.Time // see deathGrace
+	releasing  bool
+	groups     map[string]GroupView
+	digest     []byte
 }
 
 type groupRT struct {
@@ -319,7 +320,6 @@ func (n *Node) Run(ctx context.Context) error {
 			lg.Warn("realtime scheduling unavailable", "err", err)
 		} else {
 			lg.Info("realtime scheduling enabled", "policy", "SCHED_RR", "priority", c.Realtime)
-			go keepRealtime(runCtx, c.Realtime, 5*time.Second)
 		}
 	}
 	n.queue = newSerialQueue()
@@ -516,6 +516,7 @@ func (e *engine) handle(m any) {
 		}
 		changed := p.boot != h.Boot || p.releasing != h.Releasing || !maps.Equal(p.groups, h.Groups) || !e.aliveSet[h.Name]
 		p.boot, p.seq, p.lastSeen, p.releasing, p.groups = h.Boot, h.Seq, m.at, h.Releasing, h.Groups
+		p.graceUntil = time.Time{}
 		if string(p.digest) != string(h.Digest) {
 			p.digest = h.Digest
 			n.mu.Lock()
@@ -564,11 +565,29 @@ func (e *engine) deadAfter() time.Duration {
 	return time.Hour
 }
 
+// deathGrace is how long a peer past dead_after stays alive once the loop
+// notices it. If this process was not scheduled for a while, its timer and
+// the packet reader wake together; the grace lets the reader hand over a
+// heartbeat that is already in the socket before the peer is declared dead.
+const deathGrace = 3 * time.Millisecond
+
 func (e *engine) alive(now time.Time) map[string]bool {
 	out := map[string]bool{}
 	for name, p := range e.peers {
-		if !p.releasing && now.Sub(p.lastSeen) < e.deadAfter() {
+		if p.releasing {
+			continue
+		}
+		if now.Sub(p.lastSeen) < e.deadAfter() {
 			out[name] = true
+			continue
+		}
+		if e.aliveSet[name] {
+			if p.graceUntil.IsZero() {
+				p.graceUntil = now.Add(deathGrace)
+			}
+			if now.Before(p.graceUntil) {
+				out[name] = true
+			}
 		}
 	}
 	return out
@@ -595,7 +614,11 @@ func (e *engine) nextWake(now time.Time) time.Duration {
 	}
 	for name := range e.aliveSet {
 		if p := e.peers[name]; p != nil {
-			if d := p.lastSeen.Add(e.deadAfter()); d.Before(next) {
+			d := p.lastSeen.Add(e.deadAfter())
+			if !p.graceUntil.IsZero() {
+				d = p.graceUntil
+			}
+			if d.Before(next) {
 				next = d
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -25,11 +26,35 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-const nodeArg = "-vrrp-test-node"
+const (
+	nodeArg   = "-vrrp-test-node"
+	rtExecArg = "-vrrp-test-rt-exec"
+)
+
+// runRealtimeExec switches this process to SCHED_RR, runs a command the way
+// track and notify scripts run, and prints its own policy and the child's
+// (field 41 of /proc/PID/stat).
+func runRealtimeExec() int {
+	if err := setRealtime(1); err != nil {
+		fmt.Println("setRealtime:", err)
+		return 1
+	}
+	self, _ := os.ReadFile("/proc/self/stat")
+	out, why := execOnce(context.Background(), []string{"sh", "-c", "cut -d' ' -f41 /proc/self/stat"}, 5*time.Second, nil)
+	if why != "" {
+		fmt.Println("exec:", why)
+		return 1
+	}
+	fmt.Printf("parent=%s child=%s\n", strings.Fields(string(self))[40], out)
+	return 0
+}
 
 func TestMain(m *testing.M) {
 	if len(os.Args) == 3 && os.Args[1] == nodeArg {
 		os.Exit(runTestNode(os.Args[2]))
+	}
+	if len(os.Args) == 2 && os.Args[1] == rtExecArg {
+		os.Exit(runRealtimeExec())
 	}
 	os.Exit(m.Run())
 }
@@ -472,5 +497,17 @@ func TestNSRejoinWithoutPreempt(t *testing.T) {
 	mac, _ := l.client.Neighbor(vip4.Addr().String())
 	if mac.String() != l.hosts["dir-b"].MAC("eth0").String() {
 		t.Fatalf("client's VIP entry moved to %v after dir-a rejoined", mac)
+	}
+}
+
+func TestRealtimeNotInheritedByScripts(t *testing.T) {
+	needRoot(t)
+	out, err := exec.Command(os.Args[0], rtExecArg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	// SCHED_RR is 2, SCHED_OTHER 0.
+	if got := strings.TrimSpace(string(out)); got != "parent=2 child=0" {
+		t.Fatalf("got %q, want parent=2 child=0", got)
 	}
 }

@@ -1,28 +1,27 @@
 package vrrp
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // setRealtime moves every thread of the process to SCHED_RR at prio, like
-// keepalived's vrrp_rt_priority, so heartbeats go out on time while other
-// processes saturate the CPUs. The policy is set with reset-on-fork, so
-// scripts we exec (and threads the runtime starts later) run normally;
-// keepRealtime re-applies it to new threads.
+// keepalived's vrrp_rt_priority, so heartbeats go out and are taken in on
+// time while other processes saturate the CPUs. Threads the Go runtime
+// starts later are cloned from these and inherit the policy; commands we run
+// are started from a thread reset to SCHED_OTHER (startCommand).
 func setRealtime(prio int) error {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return fmt.Errorf("listing threads: %w", err)
 	}
-	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(prio),
-		Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(prio)}
 	var errs []error
 	for _, t := range tasks {
 		tid, err := strconv.Atoi(t.Name())
@@ -36,16 +35,20 @@ func setRealtime(prio int) error {
 	return errors.Join(errs...)
 }
 
-// keepRealtime re-applies setRealtime every period until ctx ends.
-func keepRealtime(ctx context.Context, prio int, period time.Duration) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = setRealtime(prio) // the first call reported any problem
+// startCommand starts cmd so that it does not inherit a realtime policy: the
+// fork happens on a thread of its own, switched to SCHED_OTHER first. The
+// thread is discarded afterwards (it stays locked when the goroutine ends).
+func startCommand(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the runtime drops this thread
+		if a, err := unix.SchedGetAttr(0, 0); err == nil && a.Policy != unix.SCHED_NORMAL {
+			if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}, 0); err != nil {
+				errc <- fmt.Errorf("resetting scheduling policy for %s: %w", cmd.Path, err)
+				return
+			}
 		}
-	}
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }

@@ -162,7 +162,13 @@ func execOnce(ctx context.Context, argv []string, timeout time.Duration, env []s
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
 	cmd.WaitDelay = 100 * time.Millisecond
-	out, err := cmd.CombinedOutput()
+	var buf limitedBuffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	err := startCommand(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	out := buf.b
 	tail := strings.TrimSpace(string(out))
 	if len(tail) > 500 {
 		tail = "..." + tail[len(tail)-500:]
@@ -180,6 +186,17 @@ func execOnce(ctx context.Context, argv []string, timeout time.Duration, env []s
 		why = err.Error()
 	}
 	return tail, why
+}
+
+// limitedBuffer keeps the last 4 KiB a command wrote.
+type limitedBuffer struct{ b []byte }
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	l.b = append(l.b, p...)
+	if len(l.b) > 4096 {
+		l.b = l.b[len(l.b)-4096:]
+	}
+	return len(p), nil
 }
 
 // linkUp reads a link's state: administratively up and with carrier.
