@@ -25,7 +25,7 @@ type Controller interface {
 	Events(ctx context.Context, since time.Time, limit int) ([]Event, error)
 	// BackendAction runs drain|undrain|disable|enable|add|remove.
 	BackendAction(ctx context.Context, action string, req BackendRequest) (Backend, error)
-	// GroupAction runs failover|demote|promote.
+	// GroupAction runs failover|demote|promote|clear.
 	GroupAction(ctx context.Context, action string, group string) (Group, error)
 	Reload(ctx context.Context) (CheckResult, error)
 	CheckConfig(ctx context.Context) (CheckResult, error)
@@ -62,7 +62,7 @@ func Conflict(hint, format string, a ...any) *Error {
 // BackendActions and GroupActions list the accepted actions.
 var (
 	BackendActions = []string{"drain", "undrain", "disable", "enable", "add", "remove"}
-	GroupActions   = []string{"failover", "demote", "promote"}
+	GroupActions   = []string{"failover", "demote", "promote", "clear"}
 )
 
 // Server serves the control API.

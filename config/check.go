@@ -167,7 +167,12 @@ func (d *decoder) check(r *reader, own *table) *Check {
 			}
 		}
 	}
-	c.at = positions{{"source", r.pos("source")}, {"type", r.pos("type")}}
+	// Remember where every key is, so checks the health checker makes later
+	// (CA files, commands) still point at the right line.
+	c.at = make(positions, 0, len(r.t.keys))
+	for _, k := range r.t.keys {
+		c.at = append(c.at, keyPos{k, r.pos(k)})
+	}
 	r.done()
 	return c
 }

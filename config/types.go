@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -366,4 +367,13 @@ func (p positions) get(key string, def Pos) Pos {
 		}
 	}
 	return def
+}
+
+// PosOf returns the position of one of the check's own keys ("timeout",
+// "status[1]" points at "status"), or the check's position when unset.
+func (c *Check) PosOf(key string) Pos {
+	if i := strings.IndexByte(key, '['); i >= 0 {
+		key = key[:i]
+	}
+	return c.at.get(key, c.Pos)
 }

@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/lvsd/lvsd/config"
+	"github.com/lvsd/lvsd/director"
+	"github.com/lvsd/lvsd/healthcheck"
+	"github.com/lvsd/lvsd/opstate"
+)
+
+func testService(t *testing.T, onFailure config.OnFailure, sorry string) *config.Service {
+	t.Helper()
+	chk := &config.Check{Type: config.CheckTCP}
+	s := &config.Service{
+		Name: "web", Family: config.IPv4, Protocol: config.TCP, Address: netip.MustParseAddr("198.18.1.63"), Port: 80,
+		Scheduler: "rr", Persistence: 500e9, PersistenceBits: 24, Forward: config.ForwardDR, OnFailure: onFailure, Check: chk,
+	}
+	for _, a := range []string{"198.18.1.65", "198.18.1.66", "198.18.1.67"} {
+		s.Backends = append(s.Backends, &config.Backend{Address: netip.MustParseAddr(a), Port: 80, Weight: 2, Forward: config.ForwardDR, Check: chk})
+	}
+	if sorry != "" {
+		s.SorryServer = netip.MustParseAddrPort(sorry)
+	}
+	return s
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func weights(d director.DesiredService) map[string]int {
+	m := map[string]int{}
+	for _, x := range d.Destinations {
+		m[x.Key.String()] = x.Weight
+	}
+	return m
+}
+
+func healthMap(down ...string) healthOf {
+	return func(k healthcheck.Key) (healthcheck.State, int) {
+		for _, d := range down {
+			if k.Backend.String() == d {
+				return healthcheck.StateDown, healthcheck.NoWeight
+			}
+		}
+		return healthcheck.StateUp, healthcheck.NoWeight
+	}
+}
+
+func TestServiceMapping(t *testing.T) {
+	s := testService(t, config.OnFailureRemove, "")
+	s.SchedulerFlags = []string{"sh-port"}
+	got := serviceOf(s)
+	want := director.Service{
+		Key:       director.ServiceKey{Family: director.IPv4, Protocol: director.TCP, Address: s.Address, Port: 80},
+		Scheduler: "rr", Flags: director.FlagPersistent | director.FlagSchedSH2, Timeout: 500e9, PersistenceBits: 24,
+	}
+	if got != want {
+		t.Fatalf("serviceOf = %+v\nwant %+v", got, want)
+	}
+	fwm := &config.Service{Name: "fwm", Family: config.IPv6, FWMark: 8, Scheduler: "rr"}
+	if k := serviceOf(fwm).Key; k != (director.ServiceKey{Family: director.IPv6, FWMark: 8}) {
+		t.Fatalf("fwmark key = %+v", k)
+	}
+}
+
+func TestComposeOverridesAndHealth(t *testing.T) {
+	s := testService(t, config.OnFailureRemove, "")
+	recs := []opstate.Record{
+		{Service: "web", Backend: ap("198.18.1.65:80"), Admin: opstate.Drained},
+		{Service: "web", Backend: ap("198.18.1.66:80"), Admin: opstate.Disabled},
+		{Service: "web", Backend: ap("198.18.1.68:80"), Added: true, Weight: 5},
+		{Service: "web", Backend: ap("198.18.1.69:80"), Admin: opstate.Drained}, // not configured, not added: ignored
+	}
+	views := effectiveBackends(s, recs)
+	if len(views) != 4 || views[3].Origin != "runtime" || views[3].Dest.Forward != director.ForwardDR {
+		t.Fatalf("views = %+v", views)
+	}
+	d, out, err := composeService(s, views, healthMap("198.18.1.67:80"), healthcheck.StateUnknown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := weights(d)
+	want := map[string]int{"198.18.1.65:80": 0, "198.18.1.68:80": 5}
+	if len(w) != len(want) || w["198.18.1.65:80"] != 0 || w["198.18.1.68:80"] != 5 {
+		t.Fatalf("destinations = %v, want %v (drained kept at 0, disabled and down removed, added in)", w, want)
+	}
+	if out.Quorum != healthcheck.StateUp {
+		t.Fatalf("quorum = %v", out.Quorum)
+	}
+}
+
+func TestComposeInhibitAndSorry(t *testing.T) {
+	s := testService(t, config.OnFailureInhibit, "198.18.2.9:80")
+	views := effectiveBackends(s, nil)
+	d, _, err := composeService(s, views, healthMap("198.18.1.65:80"), healthcheck.StateUnknown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := weights(d); w["198.18.1.65:80"] != 0 || w["198.18.1.66:80"] != 2 || len(w) != 3 {
+		t.Fatalf("inhibit: %v", w)
+	}
+	d, out, err := composeService(s, views, healthMap("198.18.1.65:80", "198.18.1.66:80", "198.18.1.67:80"), healthcheck.StateUp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := weights(d); w["198.18.2.9:80"] != 1 || !out.SorryActive {
+		t.Fatalf("all down with a sorry server: %v %+v", w, out)
+	}
+}
+
+func TestRemovedBackendIsHiddenAndReAddable(t *testing.T) {
+	s := testService(t, config.OnFailureRemove, "")
+	views := effectiveBackends(s, []opstate.Record{{Service: "web", Backend: ap("198.18.1.65:80"), Removed: true}})
+	d, _, _ := composeService(s, views, healthMap(), healthcheck.StateUnknown)
+	if _, ok := weights(d)["198.18.1.65:80"]; ok || len(d.Destinations) != 2 {
+		t.Fatalf("removed backend still desired: %v", weights(d))
+	}
+}
+
+func TestUncheckedBackendsAreUp(t *testing.T) {
+	s := testService(t, config.OnFailureRemove, "")
+	none := &config.Check{Type: config.CheckNone}
+	for _, b := range s.Backends {
+		b.Check = none
+	}
+	d, _, _ := composeService(s, effectiveBackends(s, nil), healthMap("198.18.1.65:80"), healthcheck.StateUnknown)
+	if len(d.Destinations) != 3 {
+		t.Fatalf("unchecked backends must stay in: %v", weights(d))
+	}
+}

@@ -1,0 +1,287 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"time"
+
+	"github.com/lvsd/lvsd/api"
+	"github.com/lvsd/lvsd/config"
+	"github.com/lvsd/lvsd/director"
+	"github.com/lvsd/lvsd/healthcheck"
+)
+
+// checkSpecs validates what only the health checker can judge (a CA file that
+// does not parse, an exec command that is not executable) and reports it at
+// the config position of the offending key.
+func checkSpecs(cfg *config.Config) error {
+	var errs config.Errors
+	seen := map[*config.Check]bool{}
+	for _, s := range cfg.Services {
+		for _, b := range s.Backends {
+			c := b.Check
+			if !checked(c) || seen[c] {
+				continue
+			}
+			seen[c] = true
+			for _, fe := range healthcheck.FieldErrors(checkSpec(s, c).Validate()) {
+				p := c.PosOf(fe.Field)
+				errs = append(errs, config.Error{File: p.File, Line: p.Line, Col: p.Col, Msg: fmt.Sprintf("check %s: %v", fe.Field, fe.Err)})
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// configErrors turns a load error into lines for the API.
+func configErrors(err error) []string {
+	var ce config.Errors
+	if errors.As(err, &ce) {
+		out := make([]string, len(ce))
+		for i, e := range ce {
+			out[i] = e.Error()
+		}
+		return out
+	}
+	return []string{err.Error()}
+}
+
+// checkConfig loads the config file without applying it.
+func (e *engine) checkConfig() api.CheckResult {
+	res := api.CheckResult{Config: e.opts.ConfigPath}
+	var l config.Loader // a fresh loader: checking must not touch the reload cache
+	cfg, err := l.Load(e.opts.ConfigPath)
+	if err == nil {
+		err = checkSpecs(cfg)
+	}
+	if err != nil {
+		res.Errors = configErrors(err)
+		return res
+	}
+	res.OK = true
+	return res
+}
+
+// reload loads the config and applies only the difference. An invalid config
+// changes nothing.
+func (e *engine) reload() api.CheckResult {
+	start := time.Now()
+	res := api.CheckResult{Config: e.opts.ConfigPath}
+	cfg, err := e.loader.Load(e.opts.ConfigPath)
+	if err == nil {
+		err = checkSpecs(cfg)
+	}
+	if err != nil {
+		res.Errors = configErrors(err)
+		e.metrics.Reload(false, start)
+		e.events.add(api.Event{Kind: "reload", Subject: e.opts.ConfigPath, To: "rejected", Reason: fmt.Sprintf("%d error(s); running config unchanged", len(res.Errors))})
+		return res
+	}
+	res.OK = true
+	res.Changes = e.apply(cfg)
+	e.metrics.Reload(true, time.Now())
+	e.log.Info("config reloaded", "config", cfg.File, "changes", len(res.Changes), "took", time.Since(start).Round(time.Microsecond))
+	e.events.add(api.Event{Kind: "reload", Subject: e.opts.ConfigPath, To: "applied", Reason: fmt.Sprintf("%d change(s)", len(res.Changes))})
+	return res
+}
+
+// apply switches to a validated config, touching only what changed.
+func (e *engine) apply(cfg *config.Config) []string {
+	ctx := e.loopCtx
+	old := e.cfg
+	var changes []string
+	for _, what := range restartOnly(old, cfg) {
+		changes = append(changes, what+" changed: restart lvsd to apply it (kept the running value)")
+		e.log.Warn("reload: change needs a restart", "what", what)
+	}
+	if e.opts.Witness {
+		e.cfg = cfg
+		return changes
+	}
+
+	oldByName := make(map[string]*config.Service, len(old.Services))
+	for _, s := range old.Services {
+		oldByName[s.Name] = s
+	}
+	newKeys := make(map[director.ServiceKey]bool, len(cfg.Services))
+	for _, s := range cfg.Services {
+		newKeys[serviceKeyOf(s)] = true
+	}
+	e.cfg = cfg
+	if err := e.ensureDataplane(ctx); err != nil {
+		e.log.Error("reload: IPVS", "err", err)
+		changes = append(changes, "IPVS: "+err.Error())
+	}
+
+	// Removed services (and services whose virtual address moved) go first,
+	// unless another service now has the same key, which keeps its
+	// connections.
+	for _, s := range old.Services {
+		ns := cfg.Service(s.Name)
+		if ns != nil && serviceKeyOf(ns) == serviceKeyOf(s) {
+			continue
+		}
+		if ns == nil {
+			delete(e.views, s.Name)
+			delete(e.quorum, s.Name)
+			e.metrics.DeleteService(s.Name)
+			changes = append(changes, "service "+s.Name+" removed")
+		}
+		delete(e.inKernel, s.Name)
+		if e.rec != nil && !newKeys[serviceKeyOf(s)] {
+			if _, err := e.rec.RemoveService(ctx, serviceKeyOf(s)); err != nil {
+				e.log.Error("remove service", "service", s.Name, "err", err)
+			}
+		}
+	}
+	checksChanged := false
+	for _, s := range cfg.Services {
+		prev := oldByName[s.Name]
+		if prev == s {
+			continue // same file, unchanged: the loader shares the pointer
+		}
+		switch {
+		case prev == nil:
+			changes = append(changes, "service "+s.Name+" added")
+		default:
+			changes = append(changes, "service "+s.Name+" changed"+backendChanges(prev, s))
+		}
+		e.views[s.Name] = effectiveBackends(s, e.store.ForService(s.Name))
+		checksChanged = true
+		e.syncService(ctx, s)
+	}
+	if checksChanged {
+		if err := e.mon.Update(e.checks()); err != nil {
+			// Specs were validated above; this is a bug, not bad input.
+			e.log.Error("update health checks", "err", err)
+		}
+		// Health of new backends may differ from the initial assumption.
+		for _, s := range cfg.Services {
+			if oldByName[s.Name] != s {
+				e.syncService(ctx, s)
+			}
+		}
+	}
+	if err := e.applyMarks(ctx); err != nil {
+		e.log.Error("reload: firewall marks", "err", err)
+		changes = append(changes, "firewall marks: "+err.Error())
+	}
+	e.saveOwned()
+	return changes
+}
+
+// backendChanges summarises backend additions and removals of a service.
+func backendChanges(a, b *config.Service) string {
+	keys := func(s *config.Service) map[netip.AddrPort]*config.Backend {
+		m := map[netip.AddrPort]*config.Backend{}
+		for _, x := range s.Backends {
+			m[x.Key()] = x
+		}
+		return m
+	}
+	ka, kb := keys(a), keys(b)
+	var added, removed []string
+	for k := range kb {
+		if ka[k] == nil {
+			added = append(added, k.String())
+		}
+	}
+	for k := range ka {
+		if kb[k] == nil {
+			removed = append(removed, k.String())
+		}
+	}
+	slices.Sort(added)
+	slices.Sort(removed)
+	out := ""
+	if len(added) > 0 {
+		out += fmt.Sprintf(": backends added %v", added)
+	}
+	if len(removed) > 0 {
+		out += fmt.Sprintf(": backends removed %v", removed)
+	}
+	return out
+}
+
+// restartOnly lists sections a reload cannot change in place: the node's
+// identity, the cluster, VIP groups and scripts (the running election keeps
+// them), and the control socket and listeners.
+func restartOnly(a, b *config.Config) []string {
+	var out []string
+	if a.Node != b.Node {
+		out = append(out, "[node]")
+	}
+	if !sameCluster(a.Cluster, b.Cluster) {
+		out = append(out, "[cluster]")
+	}
+	if !sameGroups(a.VIPGroups, b.VIPGroups) {
+		out = append(out, "[[vip_group]]")
+	}
+	if !sameScripts(a.TrackScripts, b.TrackScripts) {
+		out = append(out, "[[track_script]]")
+	}
+	if a.Control != b.Control {
+		out = append(out, "[control]")
+	}
+	if a.Metrics != b.Metrics {
+		out = append(out, "[metrics]")
+	}
+	return out
+}
+
+func sameGroups(a, b []*config.VIPGroup) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := *a[i], *b[i]
+		x.Pos, y.Pos = config.Pos{}, config.Pos{}
+		if !reflect.DeepEqual(vrrpGroupFields(x), vrrpGroupFields(y)) {
+			return false
+		}
+	}
+	return true
+}
+
+// vrrpGroupFields is what the election uses of a group (not positions).
+func vrrpGroupFields(g config.VIPGroup) []any {
+	return []any{g.Name, g.Interface, g.Addresses, g.Priority, g.Preempt, g.PreemptDelay, g.GARPCount, g.GARPInterval, g.GARPRefresh,
+		names(g.TrackInterfaces), names(g.TrackScripts), names(g.TrackServices), g.NotifyMaster, g.NotifyBackup, g.NotifyFault, g.NotifyStop, g.NotifyTimeout}
+}
+
+func names(refs []config.TrackRef) []string {
+	var out []string
+	for _, r := range refs {
+		out = append(out, fmt.Sprintf("%s:%d", r.Name, r.Weight))
+	}
+	return out
+}
+
+func sameCluster(a, b *config.Cluster) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	x, y := *a, *b
+	x.Pos, y.Pos = config.Pos{}, config.Pos{}
+	return reflect.DeepEqual(x, y)
+}
+
+func sameScripts(a, b []*config.TrackScript) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := *a[i], *b[i]
+		x.Pos, y.Pos = config.Pos{}, config.Pos{}
+		if !reflect.DeepEqual(x, y) {
+			return false
+		}
+	}
+	return true
+}
