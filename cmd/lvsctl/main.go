@@ -31,7 +31,9 @@ Commands:
   backend add SERVICE ADDRESS[:PORT] [--weight N]
   backend remove SERVICE ADDRESS[:PORT]
   failover GROUP                           move GROUP's VIPs to the best other director
-  demote GROUP | promote GROUP             give up / take back ownership of GROUP here
+  demote GROUP                             give up GROUP here and stay backup until promote/clear
+  promote GROUP                            take GROUP here and keep it until demote/clear
+  clear GROUP                              drop demote/promote: back to priority-based election
   reload                                   reload the config (an invalid one changes nothing)
   check-config                             validate the config lvsd would load
 
@@ -132,7 +134,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.events(ctx, rest)
 	case "backend":
 		return c.backend(ctx, rest)
-	case "failover", "demote", "promote":
+	case "failover", "demote", "promote", "clear":
 		if len(rest) != 1 {
 			return usagef("%s takes one VIP group name", cmd)
 		}
