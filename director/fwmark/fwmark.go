@@ -1,12 +1,15 @@
 // Package fwmark installs the nftables rules that give packets the firewall
 // mark of an IPVS firewall-mark service (e.g. ports 80 and 443 of a VIP get
-// mark 8, so that both are one persistent service).
+// mark 8, so that both are one persistent service). A mark's destination is a
+// prefix: a single address (/32, /128) or a network such as 198.18.1.0/28.
 //
 // lvsd owns one table, "inet lvsd", with two base chains at mangle priority
 // (-150), ahead of IPVS: "prerouting" (type filter) for traffic arriving from
 // clients and "output" (type route, so a changed mark can reroute) for
 // clients on the director itself. Each mark is one rule in each chain,
 // identified by its comment, so that an Apply changes only what differs.
+// A single-address destination is an exact compare ("ip daddr 198.18.1.100"),
+// a shorter prefix a masked one ("ip daddr 198.18.1.0/28").
 // No other table is ever read for changes or written.
 package fwmark
 
@@ -17,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -39,17 +43,29 @@ const TableName = "lvsd"
 // table without it, or with another version, is replaced.
 const commentPrefix = "lvsd/1 "
 
-// Mark is the traffic one firewall-mark service covers: packets to
-// Destination with protocol Protocol and a destination port in Ports get Mark.
+// Mark is the traffic one firewall-mark service covers: packets to an
+// address in Destination with protocol Protocol and a destination port in
+// Ports get Mark.
 type Mark struct {
-	Mark        uint32
-	Protocol    director.Protocol // TCP, UDP or SCTP
-	Ports       []uint16
-	Destination netip.Addr
+	Mark     uint32
+	Protocol director.Protocol // TCP, UDP or SCTP
+	Ports    []uint16
+	// Destination is a masked prefix; a single address is a full-length
+	// prefix (198.18.1.100/32, 2001:db8::100/128).
+	Destination netip.Prefix
 }
 
 func (m Mark) String() string {
-	return fmt.Sprintf("mark %d for %s %s dport %s", m.Mark, m.Protocol, m.Destination, joinPorts(m.sortedPorts()))
+	return fmt.Sprintf("mark %d for %s %s dport %s", m.Mark, m.Protocol, dstString(m.Destination), joinPorts(m.sortedPorts()))
+}
+
+// dstString writes a destination as nft(8) prints it: a full-length prefix
+// as its address, a shorter one in CIDR notation.
+func dstString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // Validate reports what is wrong with the mark, or nil.
@@ -61,14 +77,9 @@ func (m Mark) Validate() error {
 		return fmt.Errorf("protocol %s: want tcp, udp or sctp", m.Protocol)
 	case len(m.Ports) == 0:
 		return errors.New("no ports")
-	case !m.Destination.IsValid():
-		return errors.New("no destination address")
-	case m.Destination.Is4In6():
-		return fmt.Errorf("destination %s is an IPv4-mapped address; write it as %s", m.Destination, m.Destination.Unmap())
-	case m.Destination.Zone() != "":
-		return fmt.Errorf("destination %s has a zone", m.Destination)
-	case m.Destination.IsUnspecified():
-		return fmt.Errorf("destination %s is unspecified", m.Destination)
+	}
+	if err := validateDestination(m.Destination); err != nil {
+		return err
 	}
 	ports := m.sortedPorts()
 	for i, p := range ports {
@@ -78,6 +89,31 @@ func (m Mark) Validate() error {
 		if i > 0 && ports[i-1] == p {
 			return fmt.Errorf("port %d listed twice", p)
 		}
+	}
+	return nil
+}
+
+func validateDestination(p netip.Prefix) error {
+	a := p.Addr()
+	switch {
+	case !a.IsValid():
+		return errors.New("no destination address")
+	case !p.IsValid():
+		return fmt.Errorf("destination %s: prefix length out of range (0..%d)", a, a.BitLen())
+	case a.Is4In6():
+		if p.Bits() >= 96 {
+			return fmt.Errorf("destination %s is an IPv4-mapped prefix; write it as %s",
+				p, netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked())
+		}
+		return fmt.Errorf("destination %s is an IPv4-mapped prefix; write IPv4 destinations as IPv4", p)
+	case a.Zone() != "": // netip.Prefix strips zones; kept in case that changes
+		return fmt.Errorf("destination %s has a zone", a)
+	case p.Bits() == 0:
+		return fmt.Errorf("destination %s is a default route: it would mark traffic to every address", p)
+	case p.Masked() != p:
+		return fmt.Errorf("destination %s has host bits set: write the network %s, or %s for the one address", p, p.Masked(), a)
+	case p.IsSingleIP() && a.IsUnspecified():
+		return fmt.Errorf("destination %s is unspecified", a)
 	}
 	return nil
 }
@@ -96,14 +132,18 @@ func joinPorts(ports []uint16) string {
 	return strings.Join(s, ",")
 }
 
-// comment is the rule's identity: every field in canonical form. nft limits
-// comments to 128 bytes, so a long port list is replaced by its digest.
+// comment is the rule's identity: every field in canonical form, the
+// destination as nft prints it (a single address bare, so that rules written
+// before destinations were prefixes keep their identity; a network with its
+// length). nft limits comments to 128 bytes, so a long port list is replaced
+// by its digest.
 func (m Mark) comment() string {
 	ports := joinPorts(m.sortedPorts())
-	c := fmt.Sprintf("%smark %d %s daddr %s dport %s", commentPrefix, m.Mark, m.Protocol, m.Destination, ports)
+	dst := dstString(m.Destination)
+	c := fmt.Sprintf("%smark %d %s daddr %s dport %s", commentPrefix, m.Mark, m.Protocol, dst, ports)
 	if len(c) > 120 {
 		sum := sha256.Sum256([]byte(ports))
-		c = fmt.Sprintf("%smark %d %s daddr %s dport sha256:%s", commentPrefix, m.Mark, m.Protocol, m.Destination, hex.EncodeToString(sum[:8]))
+		c = fmt.Sprintf("%smark %d %s daddr %s dport sha256:%s", commentPrefix, m.Mark, m.Protocol, dst, hex.EncodeToString(sum[:8]))
 	}
 	return c
 }
@@ -333,25 +373,41 @@ func sortedMarks(want map[string]Mark) []Mark {
 	return out
 }
 
-// addRule queues the rule for one mark in one chain:
+// daddrExprs matches the destination address against the (masked) prefix p,
+// as nft encodes "ip daddr 198.18.1.100" (payload, cmp) and
+// "ip daddr 198.18.1.0/28" (payload, bitwise and with the mask, cmp with the
+// network):
 //
-//	meta nfproto ipv4 ip daddr D meta l4proto P th dport {PORTS} counter meta mark set N
-func addRule(c *nftables.Conn, ch *nftables.Chain, mk Mark) error {
+//	meta nfproto ipv4 ip daddr 198.18.1.0/28
+func daddrExprs(p netip.Prefix) []expr.Any {
 	nfproto, offset := byte(unix.NFPROTO_IPV4), uint32(16) // IPv4 daddr offset
-	if mk.Destination.Is6() {
+	if p.Addr().Is6() {
 		nfproto, offset = unix.NFPROTO_IPV6, 24
 	}
-	addr := mk.Destination.AsSlice()
+	addr := p.Addr().AsSlice()
+	n := uint32(len(addr))
 	exprs := []expr.Any{
 		// An inet chain sees both families: check the family before reading the address.
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(len(addr))},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n},
+	}
+	if !p.IsSingleIP() {
+		exprs = append(exprs, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n,
+			Mask: net.CIDRMask(p.Bits(), len(addr)*8), Xor: make([]byte, n)})
+	}
+	return append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr})
+}
+
+// addRule queues the rule for one mark in one chain:
+//
+//	meta nfproto ipv4 ip daddr D meta l4proto P th dport {PORTS} counter meta mark set N
+func addRule(c *nftables.Conn, ch *nftables.Chain, mk Mark) error {
+	exprs := append(daddrExprs(mk.Destination),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(mk.Protocol)}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
+	)
 	ports := mk.sortedPorts()
 	if len(ports) == 1 {
 		exprs = append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(ports[0])})
@@ -380,29 +436,39 @@ func addRule(c *nftables.Conn, ch *nftables.Chain, mk Mark) error {
 	return nil
 }
 
-// validateMarks checks each mark and that no two marks claim the same
-// destination, protocol and port.
+// validateMarks checks each mark and that no two marks claim an address
+// (their destination prefixes overlap) with the same protocol and port: a
+// packet there would get whichever mark the last rule sets.
 func validateMarks(marks []Mark) error {
 	var errs []error
 	type slot struct {
-		dst   netip.Addr
 		proto director.Protocol
 		port  uint16
 	}
-	claimed := map[slot]uint32{}
+	type claim struct {
+		dst  netip.Prefix
+		mark uint32
+	}
+	claimed := map[slot][]claim{}
 	for i, mk := range marks {
 		if err := mk.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("mark %d (entry %d): %w", mk.Mark, i, err))
 			continue
 		}
 		for _, p := range mk.Ports {
-			s := slot{mk.Destination, mk.Protocol, p}
-			if other, ok := claimed[s]; ok {
-				errs = append(errs, fmt.Errorf("mark %d (entry %d): %s %s port %d is already marked %d",
-					mk.Mark, i, mk.Protocol, mk.Destination, p, other))
+			s := slot{mk.Protocol, p}
+			j := slices.IndexFunc(claimed[s], func(c claim) bool { return c.dst.Overlaps(mk.Destination) })
+			if j < 0 {
+				claimed[s] = append(claimed[s], claim{mk.Destination, mk.Mark})
 				continue
 			}
-			claimed[s] = mk.Mark
+			other := claimed[s][j]
+			by := ""
+			if other.dst != mk.Destination {
+				by = " (" + dstString(other.dst) + ")"
+			}
+			errs = append(errs, fmt.Errorf("mark %d (entry %d): %s %s port %d is already marked %d%s",
+				mk.Mark, i, mk.Protocol, dstString(mk.Destination), p, other.mark, by))
 		}
 	}
 	return errors.Join(errs...)
