@@ -55,7 +55,7 @@ func beUint16(b []byte) (uint16, error) {
 // needs the family, which may come after it, so it is resolved at the end.
 func decodeService(ad *netlink.AttributeDecoder) (Service, error) {
 	var s Service
-	var rawAddr, rawMask []byte
+	var rawAddr, rawMask, stats32 []byte
 	var have64 bool
 	for ad.Next() {
 		switch ad.Type() {
@@ -86,9 +86,7 @@ func decodeService(ad *netlink.AttributeDecoder) (Service, error) {
 		case svcAttrNetmask:
 			rawMask = ad.Bytes()
 		case svcAttrStats:
-			if !have64 { // the 64-bit counters win when both come
-				ad.Nested(func(nad *netlink.AttributeDecoder) error { s.Stats = decodeStats(nad, false); return nad.Err() })
-			}
+			stats32 = ad.Bytes() // decoded only if the 64-bit nest is absent
 		case svcAttrStats64:
 			have64 = true
 			ad.Nested(func(nad *netlink.AttributeDecoder) error { s.Stats = decodeStats(nad, true); return nad.Err() })
@@ -96,6 +94,13 @@ func decodeService(ad *netlink.AttributeDecoder) (Service, error) {
 	}
 	if err := ad.Err(); err != nil {
 		return s, err
+	}
+	if !have64 && stats32 != nil {
+		st, err := decodeStatsBytes(stats32)
+		if err != nil {
+			return s, err
+		}
+		s.Stats = st
 	}
 	if s.Family != AFInet && s.Family != AFInet6 {
 		return s, fmt.Errorf("service with address family %d", s.Family)
@@ -124,7 +129,7 @@ func decodeService(ad *netlink.AttributeDecoder) (Service, error) {
 // when the kernel does not report the destination's own family (before 4.x).
 func decodeDest(ad *netlink.AttributeDecoder, svcFamily uint16) (Destination, error) {
 	var d Destination
-	var rawAddr []byte
+	var rawAddr, stats32 []byte
 	var have64 bool
 	for ad.Next() {
 		switch ad.Type() {
@@ -155,9 +160,7 @@ func decodeDest(ad *netlink.AttributeDecoder, svcFamily uint16) (Destination, er
 		case destAttrTunFlags:
 			d.TunnelFlags = ad.Uint16()
 		case destAttrStats:
-			if !have64 {
-				ad.Nested(func(nad *netlink.AttributeDecoder) error { d.Stats = decodeStats(nad, false); return nad.Err() })
-			}
+			stats32 = ad.Bytes()
 		case destAttrStats64:
 			have64 = true
 			ad.Nested(func(nad *netlink.AttributeDecoder) error { d.Stats = decodeStats(nad, true); return nad.Err() })
@@ -165,6 +168,13 @@ func decodeDest(ad *netlink.AttributeDecoder, svcFamily uint16) (Destination, er
 	}
 	if err := ad.Err(); err != nil {
 		return d, err
+	}
+	if !have64 && stats32 != nil {
+		st, err := decodeStatsBytes(stats32)
+		if err != nil {
+			return d, err
+		}
+		d.Stats = st
 	}
 	if d.Family == 0 {
 		d.Family = svcFamily
@@ -175,6 +185,20 @@ func decodeDest(ad *netlink.AttributeDecoder, svcFamily uint16) (Destination, er
 	}
 	d.Address = a
 	return d, nil
+}
+
+// decodeStatsBytes reads the 32-bit stats nest, sent by kernels before 4.x
+// without the 64-bit one.
+func decodeStatsBytes(b []byte) (Stats, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return Stats{}, fmt.Errorf("stats: %w", err)
+	}
+	st := decodeStats(ad, false)
+	if err := ad.Err(); err != nil {
+		return Stats{}, fmt.Errorf("stats: %w", err)
+	}
+	return st, nil
 }
 
 // decodeStats reads a stats nest: in the 32-bit one only the byte counters

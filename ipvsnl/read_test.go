@@ -293,3 +293,26 @@ func kernelNetmask(family uint16, m Netmask) []byte {
 	}
 	return binary.BigEndian.AppendUint32(nil, uint32(m))
 }
+
+// Kernels before 4.x send only the 32-bit stats nest.
+func TestDecodeStats32Only(t *testing.T) {
+	ae := netlink.NewAttributeEncoder()
+	ae.Nested(cmdAttrDest, func(n *netlink.AttributeEncoder) error {
+		n.Bytes(destAttrAddr, make([]byte, 16))
+		n.Bytes(destAttrPort, bePort(80))
+		kernelStats(n, destAttrStats, Stats{Conns: 7, InPkts: 9, InBytes: 1 << 33}, false)
+		return nil
+	})
+	b, _ := ae.Encode()
+	var d Destination
+	err := decodeNested(b, cmdAttrDest, "destination", func(ad *netlink.AttributeDecoder) (err error) {
+		d, err = decodeDest(ad, AFInet)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Stats.Conns != 7 || d.Stats.InPkts != 9 || d.Stats.InBytes != 1<<33 || d.Family != AFInet || d.Port != 80 {
+		t.Errorf("decoded %+v", d)
+	}
+}
