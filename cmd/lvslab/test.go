@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"time"
 
 	"github.com/lvsd/lvsd/lab/suite"
@@ -40,18 +41,31 @@ func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 		return 1, err
 	}
 	defer os.RemoveAll(buildDir)
-	if err := suite.Build(ctx, wd, buildDir, pkgs, stderr); err != nil {
+	if *runRE != "" {
+		if _, err := regexp.Compile(*runRE); err != nil {
+			return 2, fmt.Errorf("-run %q: %w", *runRE, err)
+		}
+	}
+	built, broken, err := suite.Build(ctx, wd, buildDir, pkgs, stdout)
+	if err != nil {
 		return 1, err
 	}
-	fmt.Fprintf(stderr, "lvslab: compiled %d lab test binaries in %.1fs\n", len(pkgs), time.Since(start).Seconds())
-	script, err := suite.Script(pkgs, suite.Options{Run: *runRE, Verbose: *verbose, Timeout: f.timeout})
-	if err != nil {
-		return 2, err
-	}
+	fmt.Fprintf(stderr, "lvslab: compiled %d of %d lab test binaries in %.1fs\n", len(built), len(pkgs), time.Since(start).Seconds())
 	rep := &suite.Reporter{Out: stdout, Verbose: *verbose}
-	_, bootErr := boot(ctx, f, script, nil, rep, stderr)
+	var bootErr error
+	if len(built) > 0 {
+		script, err := suite.Script(built, suite.Options{Run: *runRE, Verbose: *verbose, Timeout: f.timeout})
+		if err != nil {
+			return 2, err
+		}
+		_, bootErr = boot(ctx, f, script, nil, rep, stderr)
+	}
 	rep.Close()
-	passed, failed, skipped, ok := suite.Summary(pkgs, rep.Results())
+	passed, failed, skipped, ok := suite.Summary(built, rep.Results())
+	if len(broken) > 0 {
+		ok = false
+		failed += len(broken)
+	}
 	fmt.Fprintf(stdout, "lvslab: lab suite took %.1fs\n", time.Since(start).Seconds())
 	fmt.Fprintf(stdout, "lab: %d passed, %d failed, %d skipped\n", passed, failed, skipped)
 	if bootErr != nil {

@@ -117,19 +117,30 @@ func Find(ctx context.Context, dir string, patterns []string) ([]Package, error)
 	return labPackages(with, without, order)
 }
 
-// Build compiles each package's lab test binary into outDir.
-func Build(ctx context.Context, dir, outDir string, pkgs []Package, stderr io.Writer) error {
-	for i := range pkgs {
-		bin := filepath.Join(outDir, fmt.Sprintf("%02d-%s.test", i, filepath.Base(pkgs[i].ImportPath)))
-		cmd := exec.CommandContext(ctx, "go", "test", "-c", "-tags", Tag, "-o", bin, pkgs[i].ImportPath)
+// Build compiles each package's lab test binary into outDir. Packages that
+// fail to compile are reported to stderr and returned as failed; the
+// others are returned ready to run, so one broken package does not hide
+// the results of the rest.
+func Build(ctx context.Context, dir, outDir string, pkgs []Package, stderr io.Writer) (ok []Package, failed []PackageResult, err error) {
+	for i, p := range pkgs {
+		bin := filepath.Join(outDir, fmt.Sprintf("%02d-%s.test", i, filepath.Base(p.ImportPath)))
+		cmd := exec.CommandContext(ctx, "go", "test", "-c", "-tags", Tag, "-o", bin, p.ImportPath)
 		cmd.Dir = dir
-		cmd.Stdout, cmd.Stderr = stderr, stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("compile lab tests of %s: %w", pkgs[i].ImportPath, err)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if rerr := cmd.Run(); rerr != nil {
+			if ctx.Err() != nil {
+				return nil, nil, fmt.Errorf("compile lab tests of %s: %w", p.ImportPath, ctx.Err())
+			}
+			stderr.Write(out.Bytes())
+			fmt.Fprintf(stderr, "FAIL\t%s [lab build failed: %v]\n", p.ImportPath, rerr)
+			failed = append(failed, PackageResult{ImportPath: p.ImportPath, ExitCode: -1, Failed: 1})
+			continue
 		}
-		pkgs[i].Binary = bin
+		p.Binary = bin
+		ok = append(ok, p)
 	}
-	return nil
+	return ok, failed, nil
 }
 
 // Options are what `lvslab test` passes to each test binary.

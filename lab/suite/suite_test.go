@@ -1,7 +1,9 @@
 package suite
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +123,66 @@ func TestReporterVerboseAndMissingPackages(t *testing.T) {
 	}
 	if _, _, _, ok := Summary([]Package{{ImportPath: "m/a"}, {ImportPath: "m/b"}}, r.Results()); ok {
 		t.Error("a package that never ran counted as ok")
+	}
+}
+
+// writeModule lays out a throwaway module with a good and a broken package,
+// both with lab-tagged tests, and a package with plain tests only.
+func writeModule(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"go.mod":              "module example.com/m\n\ngo 1.22\n",
+		"good/good.go":        "package good\n",
+		"good/good_test.go":   "//go:build lab\n\npackage good\n\nimport \"testing\"\n\nfunc TestGood(t *testing.T) {}\n",
+		"bad/bad.go":          "package bad\n",
+		"bad/bad_test.go":     "//go:build lab\n\npackage bad\n\nfunc TestBad(t *testing.T) { undefined() }\n",
+		"plain/plain.go":      "package plain\n",
+		"plain/plain_test.go": "package plain\n\nimport \"testing\"\n\nfunc TestPlain(t *testing.T) {}\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestFindAndBuildKeepGoingPastABrokenPackage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("compiles test binaries")
+	}
+	dir := writeModule(t)
+	pkgs, err := Find(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range pkgs {
+		names = append(names, p.ImportPath)
+	}
+	if strings.Join(names, " ") != "example.com/m/bad example.com/m/good" {
+		t.Fatalf("lab packages %v, want bad and good (not plain)", names)
+	}
+	var log strings.Builder
+	ok, failed, err := Build(t.Context(), dir, t.TempDir(), pkgs, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ok) != 1 || ok[0].ImportPath != "example.com/m/good" || ok[0].Binary == "" {
+		t.Errorf("built %+v, want good only", ok)
+	}
+	if len(failed) != 1 || failed[0].ImportPath != "example.com/m/bad" {
+		t.Errorf("failed %+v, want bad", failed)
+	}
+	if !strings.Contains(log.String(), "undefined") || !strings.Contains(log.String(), "FAIL\texample.com/m/bad") {
+		t.Errorf("build log lacks the compiler error and FAIL line:\n%s", log.String())
+	}
+	if _, err := os.Stat(ok[0].Binary); err != nil {
+		t.Errorf("binary of good: %v", err)
 	}
 }
