@@ -180,6 +180,8 @@ func Run(ctx context.Context, opts Options) (err error) {
 		"services", len(cfg.Services), "vip_groups", len(cfg.VIPGroups), "ipvs", e.dp != nil)
 
 	runErr := e.loop(ctx, apiErr)
+	// The loop is gone: callbacks posting to it must give up from now on.
+	cancelLoop()
 
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	log.Info("lvsd stopping", "reason", stopReason(ctx, runErr))
@@ -189,7 +191,11 @@ func Run(ctx context.Context, opts Options) (err error) {
 			log.Warn("graceful VIP hand-over", "err", err)
 		}
 		cancel()
-		<-nodeDone
+		select {
+		case <-nodeDone:
+		case <-time.After(5 * time.Second):
+			log.Error("VIP election did not stop in time")
+		}
 	}
 	cancelAPI()
 	return runErr

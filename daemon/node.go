@@ -22,7 +22,12 @@ func (e *engine) startNode() error {
 		return fmt.Errorf("VIP election: %w", err)
 	}
 	e.node = n
-	n.SetEventHandler(func(ev vrrp.Event) { e.post(func() { e.onElection(ev) }) })
+	n.SetEventHandler(func(ev vrrp.Event) {
+		e.log.Info("VIP group transition", "group", ev.Group, "from", ev.Prev, "to", ev.State, "owner", ev.Owner, "reason", ev.Reason)
+		e.events.add(api.Event{Time: ev.At, Kind: "election", Subject: ev.Group, From: ev.Prev.String(), To: ev.State.String(), Reason: ev.Reason})
+		e.metrics.GroupTransition(ev.Group, ev.State.String())
+		e.post(e.refreshElectionMetrics)
+	})
 	if e.cfg.Cluster != nil {
 		n.SetStateDelegate(stateDelegate{e})
 		n.SetMessageHandler(e.mergeRemote)
@@ -157,13 +162,6 @@ func describe(r opstate.Record) string {
 		return fmt.Sprintf("added (weight %d)", r.Weight)
 	}
 	return "enabled"
-}
-
-func (e *engine) onElection(ev vrrp.Event) {
-	e.log.Info("VIP group transition", "group", ev.Group, "from", ev.Prev, "to", ev.State, "owner", ev.Owner, "reason", ev.Reason)
-	e.events.add(api.Event{Time: ev.At, Kind: "election", Subject: ev.Group, From: ev.Prev.String(), To: ev.State.String(), Reason: ev.Reason})
-	e.metrics.GroupTransition(ev.Group, ev.State.String())
-	e.refreshElectionMetrics()
 }
 
 func (e *engine) refreshElectionMetrics() {
