@@ -1,4 +1,4 @@
-package main
+package ctl
 
 import (
 	"bytes"
@@ -97,7 +97,7 @@ func serve(t *testing.T) (string, *recorder) {
 func lvsctl(t *testing.T, sock string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), append([]string{"--socket", sock}, args...), &out, &errb)
+	code := Main(context.Background(), append([]string{"--socket", sock}, args...), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -216,7 +216,7 @@ func TestNoDaemon(t *testing.T) {
 
 func TestURLNeedsToken(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run(context.Background(), []string{"--url", "http://198.18.0.11:9080", "status"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--token-file") {
+	if code := Main(context.Background(), []string{"--url", "http://198.18.0.11:9080", "status"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--token-file") {
 		t.Fatalf("exit %d stderr %q", code, errb.String())
 	}
 }
