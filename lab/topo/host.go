@@ -182,7 +182,8 @@ func (h *Host) port(ifname string) (netlink.Link, error) {
 // topology the host is dead (its eth0 loses carrier too).
 func (h *Host) LinkDown() { h.topo.t.Helper(); h.setPort("eth0", false) }
 
-// LinkUp brings the host's eth0 bridge port back up.
+// LinkUp brings the host's eth0 bridge port back up and returns once both
+// ends are operational.
 func (h *Host) LinkUp() { h.topo.t.Helper(); h.setPort("eth0", true) }
 
 // SetPort brings the bridge port of interface ifname up or down.
@@ -194,6 +195,12 @@ func (h *Host) setPort(ifname string, up bool) {
 	if err == nil {
 		if up {
 			err = h.topo.swNL.LinkSetUp(l)
+			if err == nil {
+				err = waitOperUp(h.topo.swNL, l.Attrs().Name)
+			}
+			if err == nil {
+				err = waitOperUp(h.nl, ifname)
+			}
 		} else {
 			err = h.topo.swNL.LinkSetDown(l)
 		}

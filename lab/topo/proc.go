@@ -15,14 +15,8 @@ import (
 // command prepares a process to run in the host's namespace: its own
 // process group (so cleanup can kill what it forks) and SIGKILL when the
 // forking thread, and so the test process, dies.
-func (h *Host) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	var cmd *exec.Cmd
-	if ctx != nil {
-		cmd = exec.CommandContext(ctx, name, args...)
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	} else {
-		cmd = exec.Command(name, args...)
-	}
+func (h *Host) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), "LVSD_TOPO_HOST="+h.name)
 	return cmd
@@ -37,13 +31,19 @@ func (h *Host) startIn(cmd *exec.Cmd) error {
 // Run runs a program in the host's namespace and returns its combined
 // output. The error names the command and includes its output.
 func (h *Host) Run(ctx context.Context, name string, args ...string) (string, error) {
-	cmd := h.command(ctx, name, args...)
+	cmd := h.command(name, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := h.startIn(cmd); err != nil {
 		return "", fmt.Errorf("run %s: %w", name, err)
 	}
+	// On ctx's end, kill the whole process group, not only the leader.
+	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	defer stop()
 	if err := cmd.Wait(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", err, ctx.Err())
+		}
 		return out.String(), fmt.Errorf("%s: %s %s: %w\n%s", h.name, name, strings.Join(args, " "), err, out.Bytes())
 	}
 	return out.String(), nil
@@ -63,7 +63,7 @@ type Proc struct {
 func (h *Host) Start(name string, args ...string) *Proc {
 	h.topo.t.Helper()
 	p := &Proc{name: name, done: make(chan struct{})}
-	p.cmd = h.command(nil, name, args...)
+	p.cmd = h.command(name, args...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	h.topo.mu.Lock()
 	if h.topo.closed {

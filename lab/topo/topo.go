@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -216,6 +217,12 @@ func (h *Host) attach(ifname string, prefixes []netip.Prefix) error {
 	if err := h.nl.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", ifname, err)
 	}
+	if err := waitOperUp(h.nl, ifname); err != nil {
+		return err
+	}
+	if err := waitOperUp(tp.swNL, port); err != nil {
+		return err
+	}
 	h.mu.Lock()
 	if h.ports == nil {
 		h.ports = map[string]string{}
@@ -223,6 +230,27 @@ func (h *Host) attach(ifname string, prefixes []netip.Prefix) error {
 	h.ports[ifname] = port
 	h.mu.Unlock()
 	return nil
+}
+
+// waitOperUp waits until a link is operationally up. The kernel turns
+// carrier changes into "up" asynchronously (linkwatch, up to a second
+// later), and until then the device drops what it is given; returning
+// before that makes the first packets of a test vanish.
+func waitOperUp(nl *netlink.Handle, name string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := nl.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("wait for %s to come up: %w", name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still %s after 5s", name, l.Attrs().OperState)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // testNets are the only networks topologies may use.
