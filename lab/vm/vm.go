@@ -435,8 +435,5 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// ErrNoVM is returned by helpers that must run inside the lab VM.
-var ErrNoVM = errors.New("not inside the lab VM (LVSD_LAB_VM is not 1)")
-
 // InVM reports whether this process runs inside the lab VM.
 func InVM() bool { return os.Getenv("LVSD_LAB_VM") == "1" }
