@@ -242,6 +242,7 @@ func TestHTTPSpecErrors(t *testing.T) {
 		{Spec{Type: TypeHTTP, Status: []string{"200", "2xx", "700", "300-200"}}, []string{"status[1]", "status[2]", "status[3]"}, `"2xx" is not a status code`},
 		{Spec{Type: TypeHTTP, BodySHA256: "abc"}, []string{"body_sha256"}, "64 hex digits"},
 		{Spec{Type: TypeHTTP, Path: "healthz"}, []string{"path"}, "must start with /"},
+		{Spec{Type: TypeHTTP, Path: "/a b"}, []string{"path"}, "percent-encode"},
 		{Spec{Type: TypeHTTP, Method: "GE T"}, []string{"method"}, "not a valid HTTP method"},
 		{Spec{Type: TypeHTTP, Headers: map[string]string{"Bad Name": "x"}}, []string{"headers"}, "not a valid header name"},
 		{Spec{Type: TypeHTTP, Headers: map[string]string{"Host": "x"}}, []string{"headers"}, "host key"},

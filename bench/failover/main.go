@@ -55,7 +55,7 @@ func main() {
 	trials := flag.Int("trials", 10, "trials per scenario (at least 10 for the issue's figures)")
 	stability := flag.Duration("stability", 0, "instead of failover trials: run an lvsd pair this long under a CPU hog and count ownership changes")
 	withKA := flag.Bool("keepalived", true, "also measure keepalived (installed with apt-get if missing)")
-	realtime := flag.Int("realtime", 0, "SCHED_RR priority for the lvsd nodes (0: normal scheduling)")
+	realtime := flag.Int("realtime", 0, "SCHED_RR priority for the lvsd nodes (0: vrrp's default, -1: normal scheduling)")
 	flag.Parse()
 	switch {
 	case *node != "":
