@@ -85,7 +85,7 @@ func ensureInitramfs(ctx context.Context, cacheDir string, a *Assets, log *slog.
 		return "", fmt.Errorf("read static busybox (package busybox-static): %w", err)
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n", a.KernelVersion, initScript, strings.Join(order, "\n"))
+	fmt.Fprintf(h, "%s\n%s\n%s\nunsigned\n", a.KernelVersion, initScript, strings.Join(order, "\n"))
 	h.Write(bb)
 	name := fmt.Sprintf("%s-%s.cpio", a.KernelVersion, hex.EncodeToString(h.Sum(nil))[:12])
 	dir := filepath.Join(cacheDir, "initramfs")
@@ -118,6 +118,9 @@ func ensureInitramfs(ctx context.Context, cacheDir string, a *Assets, log *slog.
 		b, err := os.ReadFile(filepath.Join(a.ModulesDir, rel))
 		if err != nil {
 			return "", fmt.Errorf("initramfs module: %w", err)
+		}
+		if b, err = stripModuleSignature(b); err != nil {
+			return "", fmt.Errorf("initramfs module %s: %w", rel, err)
 		}
 		n := filepath.Base(rel)
 		names = append(names, n)

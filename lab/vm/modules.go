@@ -2,6 +2,8 @@ package vm
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"path"
@@ -129,4 +131,31 @@ func (ix *modIndex) matching(prefixes []string, skip map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// modSigMagic ends a signed kernel module.
+const modSigMagic = "~Module signature appended~\n"
+
+// stripModuleSignature removes the appended signature of a kernel module, if
+// any. Under TCG, checking each module's signature is a large share of the
+// boot; an unsigned module loads all the same (the kernel only marks itself
+// tainted), as Debian does not enforce signatures without Secure Boot.
+// Layout: module, signature, struct module_signature (12 bytes, sig_len
+// big-endian in the last 4), magic.
+func stripModuleSignature(b []byte) ([]byte, error) {
+	if !bytes.HasSuffix(b, []byte(modSigMagic)) {
+		return b, nil
+	}
+	end := len(b) - len(modSigMagic)
+	if end < 12 {
+		return nil, fmt.Errorf("module signature: file too short (%d bytes)", len(b))
+	}
+	info := b[end-12 : end]
+	signerLen, keyIDLen := int(info[3]), int(info[4])
+	sigLen := int(binary.BigEndian.Uint32(info[8:12]))
+	cut := end - 12 - sigLen - signerLen - keyIDLen
+	if cut < 0 {
+		return nil, fmt.Errorf("module signature: lengths (%d+%d+%d) exceed the file", sigLen, signerLen, keyIDLen)
+	}
+	return b[:cut], nil
 }

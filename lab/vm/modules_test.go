@@ -87,3 +87,21 @@ func TestModName(t *testing.T) {
 		}
 	}
 }
+
+func TestStripModuleSignature(t *testing.T) {
+	mod := []byte("\x7fELF module body")
+	sig := []byte("PKCS7-signature-bytes")
+	info := []byte{0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, byte(len(sig))}
+	signed := append(append(append(append([]byte{}, mod...), sig...), info...), modSigMagic...)
+	got, err := stripModuleSignature(signed)
+	if err != nil || string(got) != string(mod) {
+		t.Errorf("stripped to %q, %v; want %q", got, err, mod)
+	}
+	if got, err := stripModuleSignature(mod); err != nil || string(got) != string(mod) {
+		t.Errorf("unsigned module changed: %q, %v", got, err)
+	}
+	bad := append(append([]byte("x"), []byte{0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0}...), modSigMagic...)
+	if _, err := stripModuleSignature(bad); err == nil || !strings.Contains(err.Error(), "exceed") {
+		t.Errorf("corrupt signature lengths: %v", err)
+	}
+}
