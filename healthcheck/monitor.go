@@ -530,6 +530,9 @@ func (n *notifier) add(k Key, ev Event) {
 		from := n.queue[i].From
 		n.queue[i] = ev
 		n.queue[i].From = from
+		if from != ev.To {
+			n.queue[i].Kind = KindHealth
+		}
 	} else {
 		n.pending[k] = len(n.queue)
 		n.queue = append(n.queue, ev)

@@ -449,3 +449,42 @@ func ExampleHistory_Events() {
 	// 5 s4
 	// 1 0
 }
+
+func TestNotifierCoalesces(t *testing.T) {
+	var got []Event
+	n := newNotifier(func(e Event) { got = append(got, e) })
+	k1, k2 := Key{"s", backend(1)}, Key{"s", backend(2)}
+	n.add(k1, Event{Seq: 1, Kind: KindHealth, From: StateUp, To: StateDown, Reason: "connect refused"})
+	n.add(k2, Event{Seq: 2, Kind: KindHealth, From: StateUp, To: StateDown})
+	n.add(k1, Event{Seq: 3, Kind: KindHealth, From: StateDown, To: StateUp, Reason: "ok"})
+	n.add(k1, Event{Seq: 4, Kind: KindWeight, From: StateUp, To: StateUp, Weight: 7, Reason: "ok, weight 7"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.run(ctx); close(done) }()
+	waitFor(t, 2*time.Second, "delivery", func() bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return len(n.queue) == 0 && len(n.pending) == 0
+	})
+	cancel()
+	<-done
+	if len(got) != 2 {
+		t.Fatalf("delivered %d events, want 2 (one per key): %+v", len(got), got)
+	}
+	// k1: the consumer saw nothing of it yet, so From is "up" (before the
+	// first event) and To the latest; it went down and came back.
+	if e := got[0]; e.Seq != 4 || e.From != StateUp || e.To != StateUp || e.Weight != 7 || e.Kind != KindWeight {
+		t.Fatalf("k1 coalesced to %+v", e)
+	}
+	if e := got[1]; e.Seq != 2 || e.To != StateDown {
+		t.Fatalf("k2 %+v", e)
+	}
+	// A coalesced event whose states differ is a health event even if the
+	// last one was a weight change.
+	got = nil
+	n.add(k1, Event{Kind: KindHealth, From: StateDown, To: StateUp})
+	n.add(k1, Event{Kind: KindWeight, From: StateUp, To: StateUp, Weight: 3})
+	if e := n.queue[0]; e.Kind != KindHealth || e.From != StateDown || e.To != StateUp {
+		t.Fatalf("merged %+v", e)
+	}
+}
