@@ -3,8 +3,15 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"maps"
+	"net"
 	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +20,10 @@ import (
 
 // seedLab is the seed's experiment mapped into 198.18.0.0/15: two clients,
 // one director and two DR real servers holding the VIP on lo.
+//
+// The seed's addresses map as 192.168.1.63 (VIP) -> 198.18.0.100,
+// .65 -> 198.18.0.21 (rs1), .66 -> 198.18.0.22 (rs2); the director is
+// 198.18.0.11, the clients 198.18.0.10 and .13.
 type seedLab struct {
 	tp              *topo.Topo
 	client, client2 *topo.Host
@@ -44,23 +55,149 @@ func newSeedLab(t *testing.T, ports ...string) *seedLab {
 // ipvsadm returns `ipvsadm -Ln` (plus args) in the director's namespace.
 func (l *seedLab) ipvsadm(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := l.dir.Run(context.Background(), "ipvsadm", append([]string{"-Ln"}, args...)...)
+	return ipvsadm(t, l.dir, args...)
+}
+
+// viaDirector fails unless the client resolved the VIP to the director's
+// MAC: a real server answering ARP for the VIP would let traffic skip the
+// director while stickiness checks still passed.
+func (l *seedLab) viaDirector(t *testing.T, clients ...*topo.Host) {
+	t.Helper()
+	want := l.dir.MAC("").String()
+	for _, c := range clients {
+		mac, ok := c.Neighbor(vip)
+		if !ok {
+			t.Fatalf("%s has no neighbour entry for the VIP", c.Name())
+		}
+		if mac.String() != want {
+			t.Fatalf("%s resolved the VIP to %s, not the director's %s: traffic skipped the director", c.Name(), mac, want)
+		}
+	}
+}
+
+// ipvsadm returns `ipvsadm -Ln` (plus args) in h's namespace.
+func ipvsadm(t *testing.T, h *topo.Host, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := h.Run(ctx, "ipvsadm", append([]string{"-Ln"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
 }
 
+// ipvsTable parses `ipvsadm -Ln` into service line -> sorted destination
+// lines, single-spaced and without the connection counters, e.g.
+// "TCP 198.18.0.100:0 rr persistent 500" -> ["-> 198.18.0.21:0 Route 1", ...].
+func ipvsTable(out string) map[string][]string {
+	table := map[string][]string{}
+	svc := ""
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 0, f[0] == "IP", f[0] == "Prot", len(f) > 1 && f[1] == "RemoteAddress:Port":
+		case f[0] == "->":
+			table[svc] = append(table[svc], strings.Join(f[:min(len(f), 4)], " "))
+			slices.Sort(table[svc])
+		default:
+			svc = strings.Join(f, " ")
+			table[svc] = []string{}
+		}
+	}
+	return table
+}
+
+func formatTable(table map[string][]string) string {
+	var b strings.Builder
+	for _, svc := range slices.Sorted(maps.Keys(table)) {
+		fmt.Fprintf(&b, "%s\n", svc)
+		for _, d := range table[svc] {
+			fmt.Fprintf(&b, "  %s\n", d)
+		}
+	}
+	return b.String()
+}
+
+// wantTable fails unless `ipvsadm -Ln` output holds exactly want's services
+// and destinations (forwarding method and weight; counters ignored).
+func wantTable(t *testing.T, out string, want map[string][]string) {
+	t.Helper()
+	for _, d := range want {
+		slices.Sort(d)
+	}
+	got := ipvsTable(out)
+	if !maps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("ipvsadm -Ln:\n%s\ngot table:\n%s\nwant:\n%s", out, formatTable(got), formatTable(want))
+	}
+}
+
+// ipvsConns reads `ipvsadm -Ln --stats --exact`: the total connection
+// counter of every service ("TCP 198.18.0.100:0") and destination
+// ("TCP 198.18.0.100:0 -> 198.18.0.21:0").
+func ipvsConns(t *testing.T, h *topo.Host) map[string]uint64 {
+	t.Helper()
+	out := ipvsadm(t, h, "--stats", "--exact")
+	conns := map[string]uint64{}
+	svc := ""
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] == "IP" || f[0] == "Prot" {
+			continue
+		}
+		key := f[0] + " " + f[1]
+		if f[0] == "->" {
+			key = svc + " -> " + f[1]
+		} else {
+			svc = key
+		}
+		n, err := strconv.ParseUint(f[2], 10, 64)
+		if err != nil {
+			t.Fatalf("ipvsadm --stats: bad counter in %q: %v\n%s", line, err, out)
+		}
+		conns[key] = n
+	}
+	return conns
+}
+
 // who asks the real server answering at VIP:port, on a new connection.
 func who(t *testing.T, h *topo.Host, port string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	return whoFrom(t, h, "", vip+":"+port)
+}
+
+// whoFrom asks the identify server answering at addr, on a new connection
+// from h with source address src ("" for the default): one host can so act
+// as several clients.
+func whoFrom(t *testing.T, h *topo.Host, src, addr string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	name, err := h.Identify(ctx, vip+":"+port)
-	if err != nil {
-		t.Fatalf("%s -> %s:%s: %v", h.Name(), vip, port, err)
+	if src == "" {
+		name, err := h.Identify(ctx, addr)
+		if err != nil {
+			t.Fatalf("%s -> %s: %v", h.Name(), addr, err)
+		}
+		return name
 	}
-	return name
+	var c net.Conn
+	err := h.Do(func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s -> %s: %v", src, addr, err)
+	}
+	defer c.Close()
+	dl, _ := ctx.Deadline()
+	c.SetDeadline(dl)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s -> %s: read: %v", src, addr, err)
+	}
+	return strings.TrimSpace(line)
 }
 
 func mustMatch(t *testing.T, text string, patterns ...string) {
@@ -70,6 +207,20 @@ func mustMatch(t *testing.T, text string, patterns ...string) {
 			t.Errorf("output does not match %q:\n%s", p, text)
 		}
 	}
+}
+
+// sticky connects n times from h (source src) to addr and fails unless
+// every connection reached the same real server, which it returns.
+func sticky(t *testing.T, h *topo.Host, src, addr string, n int) string {
+	t.Helper()
+	first := whoFrom(t, h, src, addr)
+	for i := 1; i < n; i++ {
+		if got := whoFrom(t, h, src, addr); got != first {
+			t.Fatalf("%s (source %q) connection %d to %s reached %s, not %s: persistence must keep a client on one real server",
+				h.Name(), src, i, addr, got, first)
+		}
+	}
+	return first
 }
 
 // TestSeedPCC: the seed's port-0 service with -p 500: every connection of a
@@ -95,10 +246,10 @@ forward = "dr"
   address = "198.18.0.22"
 `)
 	l.lvsd.start()
-	mustMatch(t, l.ipvsadm(t),
-		`TCP\s+198\.18\.0\.100:0 rr persistent 500`,
-		`->\s+198\.18\.0\.21:0\s+Route\s+1\s`,
-		`->\s+198\.18\.0\.22:0\s+Route\s+1\s`)
+	// The seed's table: ipvsadm -At VIP:0 -s rr -p 500; -at VIP:0 -r RS -g.
+	wantTable(t, l.ipvsadm(t), map[string][]string{
+		"TCP 198.18.0.100:0 rr persistent 500": {"-> 198.18.0.21:0 Route 1", "-> 198.18.0.22:0 Route 1"},
+	})
 
 	first := who(t, l.client, "80")
 	for i := 0; i < 6; i++ {
@@ -114,5 +265,159 @@ forward = "dr"
 	}
 	if got := who(t, l.client2, "80"); got != second {
 		t.Fatalf("client2 moved from %s to %s between ports", second, got)
+	}
+	l.viaDirector(t, l.client, l.client2)
+}
+
+// TestSeedPPC: the seed's per-port services (-p without a timeout: 360 s),
+// port 22 with rs1 alone as in the seed. Each port is sticky on its own: a
+// client on rs2 for port 80 still reaches rs1 on port 22. Then rs2 joins
+// port 22 by reload, and port 22 spreads new clients too.
+func TestSeedPPC(t *testing.T) {
+	l := newSeedLab(t, "80", "22")
+	// Two more client addresses for the second phase.
+	l.client.AddAddr("eth0", "198.18.0.14/24")
+	l.client2.AddAddr("eth0", "198.18.0.15/24")
+	const ppc = `
+[[vip_group]]
+name = "web"
+addresses = ["198.18.0.100/32"]
+
+[[service]]
+name = "ppc-ssh"
+group = "web"
+address = "198.18.0.100"
+port = 22
+scheduler = "rr"
+persistent = true
+  [[service.backend]]
+  address = "198.18.0.21"
+%s
+[[service]]
+name = "ppc-http"
+group = "web"
+address = "198.18.0.100"
+port = 80
+scheduler = "rr"
+persistent = true
+  [[service.backend]]
+  address = "198.18.0.21"
+  [[service.backend]]
+  address = "198.18.0.22"
+`
+	l.lvsd.writeConfig("eth0", fmt.Sprintf(ppc, ""))
+	l.lvsd.start()
+	// The seed's table (its "-at VIP:20" typo aside, it lists 22 -> .65).
+	wantTable(t, l.ipvsadm(t), map[string][]string{
+		"TCP 198.18.0.100:22 rr persistent 360": {"-> 198.18.0.21:22 Route 1"},
+		"TCP 198.18.0.100:80 rr persistent 360": {"-> 198.18.0.21:80 Route 1", "-> 198.18.0.22:80 Route 1"},
+	})
+
+	const n = 4
+	http1 := sticky(t, l.client, "", vip+":80", n)
+	http2 := sticky(t, l.client2, "", vip+":80", n)
+	if http1 == http2 {
+		t.Fatalf("both clients on %s for port 80: rr must spread different clients", http1)
+	}
+	for _, c := range []*topo.Host{l.client, l.client2} {
+		if got := sticky(t, c, "", vip+":22", n); got != "rs1" {
+			t.Fatalf("%s reached %s on port 22, which only rs1 serves", c.Name(), got)
+		}
+	}
+	// One of the clients is on rs2 for port 80 and on rs1 for port 22: the
+	// ports are sticky independently (under PCC both would be rs2).
+	t.Logf("port 80: client %s, client2 %s; port 22: rs1 for both", http1, http2)
+	l.viaDirector(t, l.client, l.client2)
+
+	// rs2 joins port 22 by reload; port 22 now spreads new clients, each
+	// sticky, while port 80 keeps its clients.
+	l.lvsd.writeConfig("eth0", fmt.Sprintf(ppc, "  [[service.backend]]\n  address = \"198.18.0.22\"\n"))
+	l.lvsd.hup()
+	eventually(t, 30*time.Second, "rs2 on port 22 after reload", func() bool {
+		return strings.Contains(l.ipvsadm(t), "198.18.0.22:22")
+	})
+	ssh3 := sticky(t, l.client, "198.18.0.14", vip+":22", n)
+	ssh4 := sticky(t, l.client2, "198.18.0.15", vip+":22", n)
+	if ssh3 == ssh4 {
+		t.Fatalf("two new clients both on %s for port 22 with two real servers: rr must spread them", ssh3)
+	}
+	if got := sticky(t, l.client, "", vip+":80", 2); got != http1 {
+		t.Fatalf("client moved from %s to %s on port 80 after a reload that changed port 22 only", http1, got)
+	}
+	wantTable(t, l.ipvsadm(t), map[string][]string{
+		"TCP 198.18.0.100:22 rr persistent 360": {"-> 198.18.0.21:22 Route 1", "-> 198.18.0.22:22 Route 1"},
+		"TCP 198.18.0.100:80 rr persistent 360": {"-> 198.18.0.21:80 Route 1", "-> 198.18.0.22:80 Route 1"},
+	})
+}
+
+// TestSeedFWM: the seed's firewall-mark service (-f 8 -p), with lvsd
+// installing the mark itself from [service.mark]: no manual nft or iptables
+// rule. Ports 80 and 443 of one client reach the same real server; another
+// client is spread; unmarked ports are not balanced; the mark goes away
+// when lvsd stops.
+func TestSeedFWM(t *testing.T) {
+	l := newSeedLab(t, "80", "443", "8080")
+	l.lvsd.writeConfig("eth0", `
+[[vip_group]]
+name = "web"
+addresses = ["198.18.0.100/32"]
+
+[[service]]
+name = "fwm-web"
+group = "web"
+fwmark = 8
+scheduler = "rr"
+persistent = true
+  [service.mark]
+  protocol = "tcp"
+  ports = [80, 443]
+  destination = "198.18.0.100"
+  [[service.backend]]
+  address = "198.18.0.21"
+  [[service.backend]]
+  address = "198.18.0.22"
+`)
+	l.lvsd.start()
+	wantTable(t, l.ipvsadm(t), map[string][]string{
+		"FWM 8 rr persistent 360": {"-> 198.18.0.21:0 Route 1", "-> 198.18.0.22:0 Route 1"},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nft, err := l.dir.Run(ctx, "nft", "list", "ruleset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustMatch(t, nft, `table inet lvsd`, `mark set 0x0*8`)
+
+	first := who(t, l.client, "80")
+	for i := 0; i < 4; i++ {
+		for _, port := range []string{"443", "80"} {
+			if got := who(t, l.client, port); got != first {
+				t.Fatalf("connection %d to port %s reached %s, not %s: one client's marked ports must share a real server", i, port, got, first)
+			}
+		}
+	}
+	second := who(t, l.client2, "443")
+	if second == first {
+		t.Fatalf("both clients on %s: rr must spread different clients", first)
+	}
+	if got := who(t, l.client2, "80"); got != second {
+		t.Fatalf("client2 moved from %s to %s between marked ports", second, got)
+	}
+	l.viaDirector(t, l.client, l.client2)
+	// Port 8080 is not marked: the director itself answers it (nothing
+	// listens there, so the connection is refused), no real server does.
+	if c, err := l.client.Dial(ctx, "tcp", vip+":8080"); err == nil {
+		c.Close()
+		t.Fatalf("port 8080 reached a real server: only ports 80 and 443 carry mark 8")
+	}
+
+	l.lvsd.stop()
+	nft, err = l.dir.Run(ctx, "nft", "list", "tables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(nft, "lvsd") {
+		t.Fatalf("lvsd's nftables table is still there after lvsd stopped:\n%s", nft)
 	}
 }
