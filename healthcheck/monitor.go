@@ -2,7 +2,6 @@ package healthcheck
 
 import (
 	"cmp"
-	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -99,7 +98,7 @@ type Monitor struct {
 
 	mu      sync.Mutex
 	entries map[Key]*entry
-	queue   entryHeap
+	queue   dueHeap
 	timerAt time.Time // when the scheduler means to wake next
 	epoch   time.Time
 	done    bool
@@ -292,7 +291,7 @@ func (m *Monitor) Update(checks []Check) error {
 func (m *Monitor) drop(e *entry) {
 	e.removed = true
 	if e.idx >= 0 {
-		heap.Remove(&m.queue, e.idx)
+		m.queue.remove(e.idx)
 	}
 	if m.entries[e.key] == e {
 		delete(m.entries, e.key)
@@ -303,7 +302,7 @@ func (m *Monitor) drop(e *entry) {
 // to wake; called with mu held.
 func (m *Monitor) push(e *entry) {
 	e.at = int64(e.next.Sub(m.epoch))
-	heap.Push(&m.queue, e)
+	m.queue.push(e)
 	if m.timerAt.IsZero() || e.next.Before(m.timerAt) {
 		m.timerAt = e.next
 		select {
@@ -362,15 +361,15 @@ func (m *Monitor) schedule() {
 		now := time.Now()
 		horizon := now.Add(batchWindow)
 		due = due[:0]
-		for len(m.queue) > 0 && !m.queue[0].next.After(horizon) {
-			e := heap.Pop(&m.queue).(*entry)
+		for len(m.queue) > 0 && !m.queue[0].e.next.After(horizon) {
+			e := m.queue.pop()
 			e.running = true
 			due = append(due, e)
 		}
 		wait := time.Hour
 		m.timerAt = time.Time{}
 		if len(m.queue) > 0 {
-			m.timerAt = m.queue[0].next
+			m.timerAt = m.queue[0].e.next
 			wait = m.timerAt.Sub(now)
 		}
 		m.mu.Unlock()
@@ -484,29 +483,6 @@ func (m *Monitor) run(e *entry) {
 	if changed {
 		m.log.LogAttrs(m.ctx, slog.LevelInfo, "backend health changed", ev.LogAttrs()...)
 	}
-}
-
-// entryHeap orders entries by next check time.
-type entryHeap []*entry
-
-func (h entryHeap) Len() int           { return len(h) }
-func (h entryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
-func (h entryHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
-}
-func (h *entryHeap) Push(x any) {
-	e := x.(*entry)
-	e.idx = len(*h)
-	*h = append(*h, e)
-}
-func (h *entryHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	old[len(old)-1] = nil
-	e.idx = -1
-	*h = old[:len(old)-1]
-	return e
 }
 
 // notifier hands events to a consumer without ever blocking the producer;
