@@ -138,7 +138,7 @@ func (e *engine) backendAction(action string, req api.BackendRequest) (api.Backe
 	e.publish(stamped)
 	e.events.add(api.Event{Kind: "operator", Subject: stamped.Key().String(), To: describe(stamped), Reason: action + " on " + e.cfg.Node.Name})
 	e.applyOverrides([]opstate.Key{stamped.Key()}, "local")
-	for _, b := range e.backendsOf(s, nil) {
+	for _, b := range e.backendsOf(s) {
 		if b.Address == key.String() {
 			return b, nil
 		}

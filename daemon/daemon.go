@@ -125,11 +125,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 
-	var statsSrc metrics.StatsSource
-	if !opts.Witness {
-		statsSrc = statsAdapter{e}
-	}
-	e.metrics = metrics.New(statsSrc, log)
+	e.metrics = metrics.New(metricsSource{e}, log)
 
 	loopCtx, cancelLoop := context.WithCancel(context.Background())
 	defer cancelLoop()
@@ -474,7 +470,6 @@ func (e *engine) compose(s *config.Service) (director.DesiredService, bool) {
 		}
 	}
 	e.quorum[s.Name] = out.Quorum
-	e.metrics.SetServiceQuorum(s.Name, out.Quorum == healthcheck.StateUp)
 	return d, true
 }
 
@@ -528,7 +523,6 @@ func (e *engine) syncService(ctx context.Context, s *config.Service) {
 	} else {
 		delete(e.inKernel, s.Name)
 	}
-	e.updateBackendMetrics(s, d)
 }
 
 func sameDests(a, b []director.Destination) bool {
@@ -541,22 +535,6 @@ func sameDests(a, b []director.Destination) bool {
 		}
 	}
 	return true
-}
-
-func (e *engine) updateBackendMetrics(s *config.Service, d director.DesiredService) {
-	weights := map[director.DestKey]int{}
-	for _, dst := range d.Destinations {
-		weights[dst.Key] = dst.Weight
-	}
-	for _, v := range e.views[s.Name] {
-		st, _ := e.health(healthcheck.Key{Service: s.Name, Backend: v.Key})
-		w, ok := weights[director.DestKey{Address: v.Key.Addr(), Port: v.Key.Port()}]
-		if !ok {
-			w = -1
-		}
-		up := !checked(v.Check) || st == healthcheck.StateUp
-		e.metrics.SetBackend(s.Name, v.Key.String(), up, w)
-	}
 }
 
 // countOps forwards the reconciler's new writes to metrics.

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -204,6 +206,9 @@ socket = "%[1]s/lvsd.sock"
 [ipvs]
 resync_interval = "0s"
 
+[metrics]
+listen = "127.0.0.1:19100"
+
 [[vip_group]]
 name = "web"
 addresses = ["198.18.1.63/32"]
@@ -350,6 +355,29 @@ func TestEngineEndToEndWithFakeKernel(t *testing.T) {
 	if kern.knobs != (ipvsdp.Knobs{ExpireNodestConn: true, ExpireQuiescentTemplate: true}) {
 		t.Errorf("knobs = %+v, want both on by default", kern.knobs)
 	}
+
+	t.Run("metrics", func(t *testing.T) {
+		resp, err := http.Get("http://127.0.0.1:19100/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{
+			`lvsd_backend_up{backend="198.18.1.65:80",service="web"} 1`,
+			`lvsd_backend_weight{backend="198.18.1.66:80",service="web"} 1`,
+			`lvsd_vip_group_state{group="web",state="master"} 1`,
+			`lvsd_vip_group_owner{group="web",owner="dir-t"} 1`,
+			`lvsd_service_quorum_up{service="web"} 1`,
+			`lvsd_reconcile_operations_total{op="add-dest"} 2`,
+			`lvsd_scrape_error{source="ipvs"} 0`,
+			`lvsd_healthchecks_total{backend="198.18.1.65:80",service="web"}`,
+		} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
 
 	t.Run("operator actions", func(t *testing.T) {
 		kern.ResetWrites()

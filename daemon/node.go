@@ -26,7 +26,6 @@ func (e *engine) startNode() error {
 		e.log.Info("VIP group transition", "group", ev.Group, "from", ev.Prev, "to", ev.State, "owner", ev.Owner, "reason", ev.Reason)
 		e.events.add(api.Event{Time: ev.At, Kind: "election", Subject: ev.Group, From: ev.Prev.String(), To: ev.State.String(), Reason: ev.Reason})
 		e.metrics.GroupTransition(ev.Group, ev.State.String())
-		e.post(e.refreshElectionMetrics)
 	})
 	if e.cfg.Cluster != nil {
 		n.SetStateDelegate(stateDelegate{e})
@@ -162,23 +161,4 @@ func describe(r opstate.Record) string {
 		return fmt.Sprintf("added (weight %d)", r.Weight)
 	}
 	return "enabled"
-}
-
-func (e *engine) refreshElectionMetrics() {
-	if e.node == nil {
-		return
-	}
-	st := e.node.Status()
-	for _, g := range st.Groups {
-		e.metrics.SetGroup(g.Name, g.State.String(), g.Owner, int(g.Priority))
-	}
-	alive, dead := 0, 0
-	for _, m := range st.Members {
-		if m.Alive {
-			alive++
-		} else {
-			dead++
-		}
-	}
-	e.metrics.SetMembers(alive, dead)
 }

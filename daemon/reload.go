@@ -130,7 +130,6 @@ func (e *engine) apply(cfg *config.Config) []string {
 		if ns == nil {
 			delete(e.views, s.Name)
 			delete(e.quorum, s.Name)
-			e.metrics.DeleteService(s.Name)
 			changes = append(changes, "service "+s.Name+" removed")
 		}
 		delete(e.inKernel, s.Name)

@@ -28,6 +28,9 @@ func (e *engine) status(ctx context.Context) (api.Status, error) {
 		}
 		keys = map[string]director.ServiceKey{}
 		for _, s := range e.cfg.Services {
+			if e.opts.Witness {
+				break // a witness has no services
+			}
 			st.Services = append(st.Services, e.serviceStatus(s))
 			keys[s.Name] = serviceKeyOf(s)
 		}
@@ -129,13 +132,13 @@ func (e *engine) serviceStatus(s *config.Service) api.Service {
 		out.Timeout = s.Persistence.String()
 		out.Granularity = s.PersistenceBits
 	}
-	out.Backends = e.backendsOf(s, nil)
+	out.Backends = e.backendsOf(s)
 	return out
 }
 
 // backendsOf describes a service's backends as lvsd wants them; the kernel's
 // numbers are filled in by status.
-func (e *engine) backendsOf(s *config.Service, _ []metrics.BackendStats) []api.Backend {
+func (e *engine) backendsOf(s *config.Service) []api.Backend {
 	want := map[director.DestKey]director.Destination{}
 	desired, ok := e.inKernel[s.Name]
 	if !ok {
@@ -176,15 +179,53 @@ func (e *engine) backendsOf(s *config.Service, _ []metrics.BackendStats) []api.B
 	return out
 }
 
-// statsAdapter feeds the metrics collector from the kernel.
-type statsAdapter struct{ e *engine }
+// metricsSource answers scrapes: lvsd's state from the loop, the kernel's
+// counters off it.
+type metricsSource struct{ e *engine }
 
-func (a statsAdapter) IPVSStats(ctx context.Context) ([]metrics.ServiceStats, error) {
+func (m metricsSource) State(ctx context.Context) (metrics.State, error) {
+	var st metrics.State
+	err := m.e.do(ctx, func() {
+		e := m.e
+		if e.node != nil {
+			ns := e.node.Status()
+			for _, mem := range ns.Members {
+				if mem.Alive {
+					st.Members.Alive++
+				} else {
+					st.Members.Dead++
+				}
+			}
+			for _, g := range ns.Groups {
+				st.Groups = append(st.Groups, metrics.GroupState{Group: g.Name, State: g.State.String(), Owner: g.Owner, Priority: int(g.Priority)})
+			}
+		}
+		st.Quorum = map[string]bool{}
+		for _, s := range e.cfg.Services {
+			if e.opts.Witness {
+				break
+			}
+			st.Quorum[s.Name] = e.quorum[s.Name] != healthcheck.StateDown
+			for _, b := range e.backendsOf(s) {
+				bs := metrics.BackendState{Service: s.Name, Backend: b.Address, Up: b.Health != "down", Weight: b.Weight, Checked: b.Health != "unchecked"}
+				if ap, err := netip.ParseAddrPort(b.Address); err == nil && bs.Checked {
+					if hs, ok := e.mon.Status(healthcheck.Key{Service: s.Name, Backend: ap}); ok {
+						bs.LastCheck, bs.Checks = hs.LastLatency, hs.Checks
+					}
+				}
+				st.Backend = append(st.Backend, bs)
+			}
+		}
+	})
+	return st, err
+}
+
+func (m metricsSource) IPVSStats(ctx context.Context) ([]metrics.ServiceStats, error) {
 	var dp Kernel
 	names := map[director.ServiceKey]string{}
-	if err := a.e.do(ctx, func() {
-		dp = a.e.dp
-		for _, s := range a.e.cfg.Services {
+	if err := m.e.do(ctx, func() {
+		dp = m.e.dp
+		for _, s := range m.e.cfg.Services {
 			names[serviceKeyOf(s)] = s.Name
 		}
 	}); err != nil {
