@@ -171,6 +171,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		}()
 	}
 
+	e.waitJoined(ctx)
 	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
 	log.Info("lvsd running", "node", cfg.Node.Name, "mode", e.mode(), "config", cfg.File,
 		"services", len(cfg.Services), "vip_groups", len(cfg.VIPGroups), "ipvs", e.dp != nil)
@@ -195,6 +196,23 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 	cancelAPI()
 	return runErr
+}
+
+// waitJoined holds READY until the node has joined its cluster (memberlist
+// sees another member), at most a few seconds: a director whose peers are all
+// down must still come up.
+func (e *engine) waitJoined(ctx context.Context) {
+	if e.node == nil || e.cfg.Cluster == nil || len(e.cfg.Cluster.Peers) == 0 {
+		return
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if len(e.node.Members()) >= 2 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.log.Warn("no cluster peer reachable yet; running alone until one joins", "peers", len(e.cfg.Cluster.Peers))
 }
 
 func stopReason(ctx context.Context, err error) string {
