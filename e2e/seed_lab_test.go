@@ -137,12 +137,23 @@ func wantTable(t *testing.T, out string, want map[string][]string) {
 // ("TCP 198.18.0.100:0 -> 198.18.0.21:0").
 func ipvsConns(t *testing.T, h *topo.Host) map[string]uint64 {
 	t.Helper()
-	out := ipvsadm(t, h, "--stats", "--exact")
 	conns := map[string]uint64{}
+	for k, v := range ipvsStats(t, h) {
+		conns[k] = v[0]
+	}
+	return conns
+}
+
+// ipvsStats reads `ipvsadm -Ln --stats --exact`, keyed as ipvsConns:
+// Conns, InPkts, OutPkts, InBytes, OutBytes.
+func ipvsStats(t *testing.T, h *topo.Host) map[string][5]uint64 {
+	t.Helper()
+	out := ipvsadm(t, h, "--stats", "--exact")
+	stats := map[string][5]uint64{}
 	svc := ""
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) < 3 || f[0] == "IP" || f[0] == "Prot" {
+		if len(f) < 7 || f[0] == "IP" || f[0] == "Prot" {
 			continue
 		}
 		key := f[0] + " " + f[1]
@@ -151,13 +162,17 @@ func ipvsConns(t *testing.T, h *topo.Host) map[string]uint64 {
 		} else {
 			svc = key
 		}
-		n, err := strconv.ParseUint(f[2], 10, 64)
-		if err != nil {
-			t.Fatalf("ipvsadm --stats: bad counter in %q: %v\n%s", line, err, out)
+		var v [5]uint64
+		for i := range v {
+			n, err := strconv.ParseUint(f[2+i], 10, 64)
+			if err != nil {
+				t.Fatalf("ipvsadm --stats: bad counter in %q: %v\n%s", line, err, out)
+			}
+			v[i] = n
 		}
-		conns[key] = n
+		stats[key] = v
 	}
-	return conns
+	return stats
 }
 
 // who asks the real server answering at VIP:port, on a new connection.
