@@ -72,9 +72,12 @@ type Options struct {
 }
 
 // batchWindow lets the scheduler start every check due within this window
-// in one wake-up: 10,000 checks a second then cost hundreds of timer
-// wake-ups instead of 10,000, for at most this much lateness.
-const batchWindow = 2 * time.Millisecond
+// in one wake-up: 10,000 checks a second cost 100 timer wake-ups instead of
+// 10,000, and a few hundred backends far fewer thread wake-ups (strace: 0.9
+// futex calls per check at 2 ms, 0.36 at 10 ms). Checks run up to this much
+// early; the next one is still planned from the nominal time, so nothing
+// drifts.
+const batchWindow = 10 * time.Millisecond
 
 // Monitor runs checks on a schedule kept in one min-heap, served by one
 // timer goroutine that hands due checks to a pool of workers (as many as
