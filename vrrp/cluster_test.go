@@ -63,7 +63,7 @@ func startWitnesses(t *testing.T, names []string, keys [][]byte, setup func(i in
 	for i, name := range names {
 		n, err := New(Spec{Node: NodeSpec{Name: name}, Witness: true,
 			Cluster: &ClusterSpec{Bind: addrs[i], Peers: addrs, Key: keys[i], Members: names,
-				RejoinInterval: 200 * time.Millisecond}}, discardLogger())
+				RejoinInterval: 200 * time.Millisecond, Realtime: -1}}, discardLogger()) // not the test process
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -317,7 +317,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 	if c := n.spec.Cluster; c != nil && c.Realtime > 0 {
 		if err := setRealtime(c.Realtime); err != nil {
-			lg.Warn("realtime scheduling unavailable", "err", err)
+			lg.Warn("realtime scheduling unavailable: heartbeats may stall on a busy host", "err", err)
 		} else {
 			lg.Info("realtime scheduling enabled", "policy", "SCHED_RR", "priority", c.Realtime)
 		}
@@ -634,9 +634,11 @@ func (e *engine) evaluate(now time.Time) {
 	n := e.n
 	e.dirty = false
 	alive := e.alive(now)
+	var returned []string
 	for name := range alive {
 		if !e.aliveSet[name] {
 			n.log.Info("peer alive", "peer", name)
+			returned = append(returned, name)
 		}
 	}
 	for name := range e.aliveSet {
@@ -671,7 +673,15 @@ func (e *engine) evaluate(now time.Time) {
 	}
 	for i, d := range res.Decisions {
 		g := e.groups[i]
+		wasClaiming := g.claiming
 		e.apply(g, d, now)
+		if wasClaiming && g.claiming && len(returned) > 0 {
+			// A peer we could not hear may have owned the group meanwhile
+			// (partition) and released before we saw its claim: neighbours
+			// may still point at it, so announce again (keepalived #166).
+			n.log.Info("re-announcing: peer back", "group", g.spec.Name, "peers", returned)
+			g.kick()
+		}
 		views[g.spec.Name] = GroupView{Candidate: true, Priority: g.prio, Fault: g.fault,
 			Claim: g.claiming, Want: d.Want, Vote: res.Votes[g.spec.Name]}
 	}
@@ -705,10 +715,7 @@ func (e *engine) apply(g *groupRT, d Decision, now time.Time) {
 		// A claim appeared (healed partition) or went away: announce again so
 		// every neighbour ends on our MAC (keepalived #166).
 		lg.Info("re-announcing after conflicting claim", "others", d.Conflict, "resolved", !conflict)
-		select {
-		case g.annKick <- struct{}{}:
-		default:
-		}
+		g.kick()
 	}
 	g.conflict = conflict
 	g.owner = d.Owner
@@ -733,6 +740,14 @@ func (e *engine) emit(g *groupRT, prev Role, now time.Time) {
 	n.mu.Unlock()
 	if f != nil {
 		n.queue.push(func() { f(ev) })
+	}
+}
+
+// kick asks the announcer for another burst.
+func (g *groupRT) kick() {
+	select {
+	case g.annKick <- struct{}{}:
+	default:
 	}
 }
 

@@ -22,6 +22,7 @@ const (
 	DefaultNotifyTimeout     = 5 * time.Second
 	DefaultScriptInterval    = time.Second
 	DefaultRejoinInterval    = time.Second
+	DefaultRealtime          = 10
 	KeySize                  = 32
 	maxNameLen               = 64
 	maxGroups                = 64
@@ -62,8 +63,11 @@ type ClusterSpec struct {
 	// RejoinInterval is how often configured peers that memberlist thinks
 	// dead are joined again (memberlist does not re-merge after a partition).
 	RejoinInterval time.Duration
-	// Realtime asks for SCHED_RR at this priority (1..99) for the process,
-	// like keepalived's vrrp_rt_priority; 0 leaves scheduling alone.
+	// Realtime is the SCHED_RR priority (1..99) of the process, like
+	// keepalived's vrrp_rt_priority; 0 means DefaultRealtime, -1 normal
+	// scheduling. Under a CPU hog on both cores, normal scheduling let
+	// heartbeats stall past dead_after (6 false failovers in 150 s), SCHED_RR
+	// none (bench/failover -stability).
 	Realtime int
 }
 
@@ -295,8 +299,11 @@ func (c *ClusterSpec) validate(self string) []error {
 	if c.DeadAfter < 2*c.HeartbeatInterval {
 		bad("dead_after %v: must be at least twice heartbeat_interval (%v)", c.DeadAfter, c.HeartbeatInterval)
 	}
-	if c.Realtime < 0 || c.Realtime > 99 {
-		bad("realtime %d: out of range 0..99", c.Realtime)
+	if c.Realtime == 0 {
+		c.Realtime = DefaultRealtime
+	}
+	if c.Realtime < -1 || c.Realtime > 99 {
+		bad("realtime %d: out of range 1..99 (0: default, -1: off)", c.Realtime)
 	}
 	members := map[string]bool{}
 	for i, m := range c.Members {
