@@ -76,7 +76,7 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 			}
 			buf = w.b
 			batch = append(batch, netlink.Message{
-				Header: netlink.Header{Type: netlink.HeaderType(c.family), Flags: netlink.Request | netlink.Acknowledge},
+				Header: netlink.Header{Type: netlink.HeaderType(c.family)},
 				Data:   buf[start:len(buf):len(buf)],
 			})
 			index = append(index, i)
@@ -127,13 +127,27 @@ type lostOp struct {
 }
 
 // sendBatch sends msgs in one sendmsg and collects one result per message,
-// matching acks by sequence number. Must be called with c.mu held.
+// matching replies by sequence number. Must be called with c.mu held.
+//
+// Unless the client acks every request, only the last request of the batch
+// asks for an ack: the kernel still answers every failed request with an
+// error carrying its sequence number, handles the requests of one sendmsg
+// in order before sendmsg returns, and queues its answers in that order, so
+// once the last request is answered every earlier one without an error has
+// succeeded. This spares a datagram and a recvmsg per request. If the
+// kernel dropped replies meanwhile (ENOBUFS), silence proves nothing and the
+// unanswered requests count as lost.
 func (c *Client) sendBatch(ctx context.Context, msgs []netlink.Message) []result {
 	res := make([]result, len(msgs))
 	n := uint32(len(msgs))
+	last := n - 1
 	first := c.nextSeqs(len(msgs))
 	for k := range msgs {
 		msgs[k].Header.Sequence = first + uint32(k)
+		msgs[k].Header.Flags = netlink.Request | netlink.Acknowledge
+		if !c.ackEach && uint32(k) != last {
+			msgs[k].Header.Flags = netlink.Request
+		}
 	}
 
 	disarm := c.arm(ctx)
@@ -148,36 +162,40 @@ func (c *Client) sendBatch(ctx context.Context, msgs []netlink.Message) []result
 	}
 
 	pending := len(msgs)
-	overrun := false
-	for pending > 0 {
+	overrun, lastSeen := false, false
+	for pending > 0 && !(lastSeen && !c.ackEach) {
 		var sockErr error
-		// Each ack is a datagram of its own; an error ack comes back as an
+		// Each answer is a datagram of its own; an error comes back as an
 		// error carrying its sequence number.
 		for m, err := range c.conn.ReceiveIter() {
-			if err == nil {
-				if k := m.Header.Sequence - first; m.Header.Type == netlink.Error && k < n && !res[k].done {
-					res[k].done = true
-					pending--
-				}
-				continue
-			}
-			if kerr := kernelErr(err); kerr != nil {
+			var k uint32
+			var kerr error
+			switch ke := kernelErr(err); {
+			case err == nil && m.Header.Type == netlink.Error:
+				k = m.Header.Sequence - first
+			case ke != nil:
 				var oe *netlink.OpError
 				errors.As(err, &oe)
-				if k := oe.Sequence - first; k < n && !res[k].done {
-					res[k] = result{done: true, err: kerr}
-					pending--
-				}
+				k, kerr = oe.Sequence-first, ke
+			case err != nil:
+				sockErr = err
 				continue
+			default:
+				continue // not an answer to a write
 			}
-			sockErr = err
+			if k >= n || res[k].done {
+				continue // stale, from an earlier exchange
+			}
+			res[k] = result{done: true, err: kerr}
+			pending--
+			lastSeen = lastSeen || k == last
 		}
 		if sockErr == nil {
 			continue
 		}
 		if errors.Is(sockErr, unix.ENOBUFS) && !overrun {
-			// Some acks were dropped. The rest are already queued: read
-			// them for a short while, then count the missing ones as lost.
+			// Some answers were dropped. The rest are already queued:
+			// read them for a short while; the missing ones are lost.
 			overrun = true
 			_ = c.conn.SetReadDeadline(time.Now().Add(drainWait))
 			continue
@@ -197,10 +215,21 @@ func (c *Client) sendBatch(ctx context.Context, msgs []netlink.Message) []result
 		}
 		break
 	}
+	if lastSeen && !c.ackEach {
+		for k := range res {
+			switch {
+			case res[k].done:
+			case overrun:
+				res[k] = result{done: true, lost: true, err: fmt.Errorf("socket receive buffer overrun (ENOBUFS)")}
+			default:
+				res[k].done = true // no error before the last answer: success
+			}
+		}
+	}
 	if overrun {
 		old := c.batchSize
 		c.batchSize = max(c.batchSize/2, minBatchSize)
-		c.log.Warn("ipvsnl: kernel dropped acks (receive buffer overrun); shrinking batches", "batch", len(msgs), "from", old, "to", c.batchSize)
+		c.log.Warn("ipvsnl: kernel dropped replies (receive buffer overrun); shrinking batches", "batch", len(msgs), "from", old, "to", c.batchSize)
 	}
 	return res
 }
@@ -261,7 +290,7 @@ func (c *Client) sendOne(ctx context.Context, op Op) error {
 	if err != nil {
 		return err
 	}
-	r := c.sendBatch(ctx, []netlink.Message{c.message(uint8(op.Cmd), payload, netlink.Request|netlink.Acknowledge)})[0]
+	r := c.sendBatch(ctx, []netlink.Message{c.message(uint8(op.Cmd), payload, 0)})[0]
 	if r.lost {
 		return fmt.Errorf("%w (%v)", ErrAckLost, r.err)
 	}

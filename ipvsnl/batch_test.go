@@ -47,6 +47,9 @@ func TestApplyBatchesAllOps(t *testing.T) {
 	if k.sends != 5 {
 		t.Errorf("sendmsg calls = %d, want 5 batches of 100", k.sends)
 	}
+	if k.replies != 5 {
+		t.Errorf("%d replies, want one per batch (only the last request asks for an ack)", k.replies)
+	}
 	if len(k.services) != 50 || k.destCount() != 450 {
 		t.Errorf("kernel has %d services, %d dests; want 50, 450", len(k.services), k.destCount())
 	}
@@ -117,6 +120,7 @@ func TestApplyOverrunReissuesIdempotently(t *testing.T) {
 	k := newFakeKernel(t)
 	k.ackCap = 30
 	c := k.client(100)
+	c.ackEach = true
 	ops := tableOps(10, 9) // 100 ops in one batch; acks 30.. are dropped
 	errs := c.Apply(context.Background(), ops)
 	if errs != nil {
@@ -144,6 +148,7 @@ func TestApplyOverrunLeavesConflictingOpsUnknown(t *testing.T) {
 	k := newFakeKernel(t)
 	k.ackCap = 1
 	c := k.client(100)
+	c.ackEach = true
 	s := tcpService(1)
 	ops := []Op{
 		{Cmd: CmdNewService, Service: s},
@@ -162,6 +167,65 @@ func TestApplyOverrunLeavesConflictingOpsUnknown(t *testing.T) {
 		if errs[i] != nil {
 			t.Errorf("op %d: %v, want nil", i, errs[i])
 		}
+	}
+}
+
+func TestApplyAckEach(t *testing.T) {
+	k := newFakeKernel(t)
+	c := k.client(100)
+	c.ackEach = true
+	ops := tableOps(10, 4)
+	ops = append(ops, Op{Cmd: CmdNewService, Service: tcpService(3)}) // EEXIST
+	errs := c.Apply(context.Background(), ops)
+	if len(errs) != len(ops) || !errors.Is(errs[50], unix.EEXIST) || errors.Join(errs[:50]...) != nil {
+		t.Fatalf("errors %v", errs)
+	}
+	if k.replies != len(ops) {
+		t.Errorf("%d replies, want one per request", k.replies)
+	}
+}
+
+// With only the last request acknowledged, a burst of errors can still
+// overrun the socket; the unanswered requests are then re-issued.
+func TestApplyOverrunOfErrors(t *testing.T) {
+	k := newFakeKernel(t)
+	c := k.client(1000)
+	s := tcpService(1)
+	ops := []Op{{Cmd: CmdNewService, Service: s}}
+	for i := range 50 {
+		ops = append(ops, Op{Cmd: CmdNewDest, Service: s, Dest: routeDest(i)})
+	}
+	if errs := c.Apply(context.Background(), ops); errs != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	// Every dest again, weight 2: all 50 fail with EEXIST, and only 10
+	// answers fit in the socket.
+	k.ackCap = 10
+	for i := range ops[1:] {
+		ops[i+1].Dest.Weight = 2
+	}
+	errs := c.Apply(context.Background(), ops[1:])
+	var exist int
+	for _, err := range errs {
+		if errors.Is(err, unix.EEXIST) {
+			exist++
+		} else if err != nil {
+			t.Errorf("unexpected %v", err)
+		}
+	}
+	// The 10 answered ones failed; the 40 lost ones were re-issued, found
+	// present and set.
+	if exist != 10 {
+		t.Errorf("%d EEXIST, want the 10 answered", exist)
+	}
+	var w2 int
+	for _, d := range k.dests[keyOf(s)] {
+		if d.Weight == 2 {
+			w2++
+		}
+	}
+	if w2 != 40 {
+		t.Errorf("%d destinations at weight 2, want the 40 re-issued", w2)
 	}
 }
 

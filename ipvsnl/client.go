@@ -61,6 +61,10 @@ type Options struct {
 	// LoadModule runs when the IPVS generic-netlink family is missing;
 	// nil means `modprobe ip_vs`.
 	LoadModule func(ctx context.Context) error
+	// AckEach asks the kernel to acknowledge every request of a batch, not
+	// only the last one (see [Client.Apply]). Slower: one more datagram and
+	// recvmsg per request. The result is the same.
+	AckEach bool
 }
 
 // Client talks to the kernel's IPVS over one generic-netlink socket. Its
@@ -79,6 +83,7 @@ type Client struct {
 	dirty     bool // replies of an interrupted exchange may still be queued
 	seq       uint32
 	batchSize int
+	ackEach   bool
 }
 
 // Open opens a client, loading the ip_vs module if the IPVS family is
@@ -123,6 +128,7 @@ func Open(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("ipvsnl: %w", err)
 	}
 	c := newClient(conn, fam.ID, opts.BatchSize, log)
+	c.ackEach = opts.AckEach
 	c.nsFile = nsFile
 	c.dial = dial
 	c.fitBatchToBuffer()

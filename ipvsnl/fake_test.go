@@ -37,6 +37,7 @@ type fakeKernel struct {
 	silent   bool // apply requests but never acknowledge them
 	sends    int  // sendmsg calls
 	reopens  int
+	replies  int // answers to writes queued (acks and errors)
 	requests []uint8
 	// dumpReplies answers a dump request with these generic-netlink
 	// payloads (command, attributes).
@@ -85,7 +86,9 @@ func (k *fakeKernel) SendMessages(msgs []netlink.Message) error {
 			k.t.Errorf("request to family %d, want %d", m.Header.Type, fakeFamily)
 		}
 		if k.ackOnly {
-			k.queue = append(k.queue, ack(m, 0))
+			if m.Header.Flags&netlink.Acknowledge != 0 {
+				k.queue = append(k.queue, ack(m, 0))
+			}
 			continue
 		}
 		var gm genetlink.Message
@@ -130,6 +133,7 @@ func (k *fakeKernel) SendMessages(msgs []netlink.Message) error {
 			continue
 		}
 		k.queue = append(k.queue, ack(m, errno))
+		k.replies++
 	}
 	return nil
 }

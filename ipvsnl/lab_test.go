@@ -594,16 +594,17 @@ func TestLabKnobsPerNamespace(t *testing.T) {
 }
 
 // TestLabOverrun shrinks the socket's receive buffer so the kernel drops
-// acks of a large batch, and checks that every op still lands once.
+// replies of a large batch, and checks that every op still lands once:
+// with an ack per request, and with only the last one acked but every
+// request failing.
 func TestLabOverrun(t *testing.T) {
 	n := newNS(t)
 	if err := n.c.conn.SetReadBuffer(4096); err != nil {
 		t.Fatal(err)
 	}
-	n.c.batchSize = 1000
+	n.c.batchSize, n.c.ackEach = 1000, true
 	ops := tableOps(40, 9) // 400 ops, far more acks than 4 KiB holds
-	errs := n.c.Apply(ctxT(t), ops)
-	if errs != nil {
+	if errs := n.c.Apply(ctxT(t), ops); errs != nil {
 		t.Fatalf("Apply under overrun: %v", errors.Join(errs...))
 	}
 	if n.c.BatchSize() >= 1000 {
@@ -616,6 +617,43 @@ func TestLabOverrun(t *testing.T) {
 	}
 	if len(got) != 40 || dests != 360 {
 		t.Errorf("table has %d services, %d dests; want 40, 360", len(got), dests)
+	}
+
+	// The same adds again with weight 3, errors-only replies: every one
+	// fails with EEXIST, most answers are dropped, the unanswered adds are
+	// re-issued as sets.
+	if err := n.c.conn.SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	n.c.batchSize, n.c.ackEach = 1000, false
+	var again []Op
+	for _, op := range ops {
+		if op.Cmd == CmdNewDest {
+			op.Dest.Weight = 3
+			again = append(again, op)
+		}
+	}
+	errs := n.c.Apply(ctxT(t), again)
+	exist := 0
+	for _, err := range errs {
+		if errors.Is(err, unix.EEXIST) {
+			exist++
+		} else if err != nil {
+			t.Errorf("unexpected %v", err)
+		}
+	}
+	got, out := n.ipvsadm()
+	weight3 := 0
+	for _, s := range got {
+		for _, d := range s.Dests {
+			if d.Numbers[0] == 3 {
+				weight3++
+			}
+		}
+	}
+	t.Logf("%d answered with EEXIST, %d re-issued as sets", exist, weight3)
+	if exist == len(again) || exist+weight3 != len(again) {
+		t.Errorf("%d EEXIST + %d set to weight 3, want %d in all with some re-issued\n%s", exist, weight3, len(again), out)
 	}
 }
 

@@ -46,14 +46,14 @@ type config struct {
 }
 
 // figureNames are the values of -figures.
-var figureNames = []string{"dp", "ipvsadm", "moby", "dump"}
+var figureNames = []string{"dp", "dp-ackeach", "ipvsadm", "moby", "dump"}
 
 func main() {
 	var cfg config
 	flag.IntVar(&cfg.services, "services", 10000, "virtual services")
 	flag.IntVar(&cfg.dests, "dests", 10, "DR destinations per service")
 	flag.IntVar(&cfg.batch, "batch", 0, "requests per sendmsg (0: ipvsnl default)")
-	figures := flag.String("figures", "dp,ipvsadm,dump", "comma-separated figures in run order: dp (ipvsdp.Apply), ipvsadm (ipvsadm -R), moby (moby/ipvs one call per object), dump")
+	figures := flag.String("figures", "dp,ipvsadm,dump", "comma-separated figures in run order: dp (ipvsdp.Apply), dp-ackeach (the same with an ack per request), ipvsadm (ipvsadm -R), moby (moby/ipvs one call per object), dump")
 	flag.BoolVar(&cfg.mobyDump, "moby-dump", true, "measure moby/ipvs's dump as the dump anchor")
 	flag.Parse()
 	cfg.figures = strings.Split(*figures, ",")
@@ -91,12 +91,12 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			return err
 		}
 		switch f {
-		case "dp":
-			d, err := b.figureProgramDataplane(ctx)
+		case "dp", "dp-ackeach":
+			d, err := b.figureProgramDataplane(ctx, f == "dp-ackeach")
 			if err != nil {
 				return err
 			}
-			if dp == 0 {
+			if dp == 0 && f == "dp" {
 				dp = d
 				b.figurePeakRSS()
 			}
@@ -147,22 +147,29 @@ func secs(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
 
 // figureProgramDataplane programs the whole table from empty through
 // ipvsdp.Apply, as lvsd's first reconcile does.
-func (b *bench) figureProgramDataplane(ctx context.Context) (time.Duration, error) {
+func (b *bench) figureProgramDataplane(ctx context.Context, ackEach bool) (time.Duration, error) {
 	path, err := b.freshNS("dp")
 	if err != nil {
 		return 0, err
 	}
-	elapsed, err := b.programDataplane(ctx, path, b.cfg.services, b.cfg.dests)
+	elapsed, err := b.programDataplane(ctx, path, b.cfg.services, b.cfg.dests, ackEach)
 	if err != nil {
 		return 0, err
 	}
 	b.programmed = path
-	b.line("program ipvsdp.Apply", secs(elapsed), fmt.Sprintf("%.1f µs/object", float64(elapsed.Microseconds())/float64(b.cfg.services*(1+b.cfg.dests))))
+	name := "program ipvsdp.Apply"
+	if ackEach {
+		name += " (ack each)"
+	}
+	b.line(name, secs(elapsed), fmt.Sprintf("%.1f µs/object", float64(elapsed.Microseconds())/float64(b.cfg.services*(1+b.cfg.dests))))
 	return elapsed, nil
 }
 
-func (b *bench) programDataplane(ctx context.Context, path string, services, dests int) (time.Duration, error) {
+func (b *bench) programDataplane(ctx context.Context, path string, services, dests int, ackEach bool) (time.Duration, error) {
 	opts := []ipvsdp.Option{ipvsdp.WithNetNS(path), ipvsdp.WithLogger(b.log)}
+	if ackEach {
+		opts = append(opts, ipvsdp.WithAckEach())
+	}
 	if b.cfg.batch > 0 {
 		opts = append(opts, ipvsdp.WithBatchSize(b.cfg.batch))
 	}
@@ -312,10 +319,10 @@ func (b *bench) warmUp(ctx context.Context) error {
 		done[f] = true
 		var err error
 		switch f {
-		case "dp", "dump":
+		case "dp", "dp-ackeach", "dump":
 			var path string
 			if path, err = b.freshNS("warm"); err == nil {
-				_, err = b.programDataplane(ctx, path, n, d)
+				_, err = b.programDataplane(ctx, path, n, d, f == "dp-ackeach")
 			}
 		case "ipvsadm":
 			var path string

@@ -70,6 +70,10 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.nl.Logger = 
 // ipvsnl.DefaultBatchSize).
 func WithBatchSize(n int) Option { return func(c *config) { c.nl.BatchSize = n } }
 
+// WithAckEach makes the kernel acknowledge every write, not only the last of
+// each batch (see ipvsnl.Options.AckEach); for comparison, it is slower.
+func WithAckEach() Option { return func(c *config) { c.nl.AckEach = true } }
+
 // Open connects to IPVS, loading the ip_vs module if it is missing. Open one
 // Dataplane per namespace and keep it.
 func Open(ctx context.Context, opts ...Option) (*Dataplane, error) {
