@@ -20,15 +20,20 @@
 //
 // # What it does
 //
-// Writes ([Client.Apply]) are batched: many requests per sendmsg, each with
-// its own acknowledgement, matched back to its op by sequence number so that
-// every op gets its own error and one bad op does not stop the others. The
-// kernel handles a batch synchronously inside sendmsg and queues one ack per
-// request, so the socket's receive buffer is enlarged and the batch size
-// bounded by it; if acks are still lost to a receive-buffer overrun
-// (ENOBUFS), the affected ops are re-issued one at a time with idempotent
+// Writes ([Client.Apply]) are batched: up to [DefaultBatchSize] requests
+// per sendmsg. The kernel runs the requests of one sendmsg in order before
+// sendmsg returns and answers every failed one with an error carrying its
+// sequence number, so each op gets its own error and one bad op does not
+// stop the others. Only the last request of a batch asks for an
+// acknowledgement: once it is answered, every earlier request without an
+// error has succeeded. That is one recvmsg per batch instead of one per
+// request ([Options.AckEach] asks for an ack per request instead). If
+// replies are lost to a receive-buffer overrun (ENOBUFS), silence proves
+// nothing: the unanswered ops are re-issued one at a time with idempotent
 // semantics (an add that finds the object present becomes a set, a delete
-// that finds it gone succeeds).
+// that finds it gone succeeds), unless a later op of the same call touches
+// the same object, in which case they fail with [ErrAckLost]. The socket's
+// receive buffer is enlarged and batches shrink after an overrun.
 //
 // Reads are dumps ([Client.Services], [Client.Destinations]) carrying the
 // 64-bit counters and the active/inactive/persistent connection counts.
