@@ -177,8 +177,8 @@ func inner(c config) error {
 	}
 	defer srv.stop()
 
-	fmt.Printf("health bench: %d %s backends, interval %s, timeout %s, %s measured after %s warm-up, GOMAXPROCS %d\n",
-		c.n, c.check, c.interval, c.timeout, c.duration, c.warmup, runtime.GOMAXPROCS(0))
+	fmt.Printf("health bench: %d %s backends, interval %s, timeout %s, %s measured after %s warm-up, GOMAXPROCS %d, load average %s\n",
+		c.n, c.check, c.interval, c.timeout, c.duration, c.warmup, runtime.GOMAXPROCS(0), loadAvg())
 	lv, err := runLVSD(ctx, c, srv)
 	if err != nil {
 		return err
@@ -216,8 +216,12 @@ func (f figures) print(name string) {
 	if f.checksPerSec > 0 {
 		checks = fmt.Sprintf("%.0f", f.checksPerSec)
 	}
-	fmt.Printf("%-22s checks/s %8s   backend accepts/s %8.0f   CPU %5.1f%% of one core   peak RSS %6.1f MB   %s\n",
-		name, checks, f.acceptsPerSec, f.cpuPct, f.peakRSSMB, f.note)
+	perCheck := "n/a"
+	if f.acceptsPerSec > 0 {
+		perCheck = fmt.Sprintf("%.1f", f.cpuPct*1e4/f.acceptsPerSec)
+	}
+	fmt.Printf("%-22s checks/s %8s   backend accepts/s %8.0f   CPU %5.1f%% of one core (%s µs/check)   peak RSS %6.1f MB   %s\n",
+		name, checks, f.acceptsPerSec, f.cpuPct, perCheck, f.peakRSSMB, f.note)
 }
 
 func cpuTime(ru *syscall.Rusage) time.Duration {
@@ -504,4 +508,18 @@ func (l *lockedBuffer) Bytes() []byte {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]byte(nil), l.b...)
+}
+
+// loadAvg is the machine's 1-minute load average: figures taken on a busy
+// machine are not comparable with a quiet one's.
+func loadAvg() string {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(raw))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[0]
 }
