@@ -116,6 +116,11 @@ func runKeepalived(ctx context.Context, c config, srv *server) (figures, error) 
 		return figures{}, err
 	}
 	a1, el := srv.accepted(), time.Since(t0)
+	if strings.Contains(string(logBuf.Bytes()), "IPVS: ") || a1 == a0 {
+		// A large config can outlast the start-up wait before the checker
+		// gives up on IPVS; what was measured then was not checking.
+		return figures{}, fmt.Errorf("keepalived did not check (%d connections in %s): %s", a1-a0, el.Round(time.Second), whyExited(logBuf.Bytes()))
+	}
 	hwm, err := procHWM(child)
 	if err != nil {
 		return figures{}, err
