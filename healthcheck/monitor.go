@@ -62,7 +62,8 @@ type Options struct {
 	// lags, pending events for the same check are coalesced into one whose
 	// From is what the consumer saw last and whose To is the current state
 	// (so From == To means the backend went away and came back), which keeps
-	// the backlog bounded by the number of checks.
+	// the backlog bounded by the number of checks. It must not call Close,
+	// which waits for it to return.
 	OnTransition func(Event)
 	History      *History // default NewHistory(DefaultHistory)
 	// MaxInFlight bounds concurrently running checks; default 8192.
