@@ -3,6 +3,7 @@ package healthcheck
 import (
 	"context"
 	"net"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -10,7 +11,8 @@ import (
 	"github.com/miekg/dns"
 )
 
-// dnsBackend serves a small zone over UDP and TCP on one loopback port.
+// dnsBackend serves a small zone over UDP and TCP on one loopback port;
+// "peer.test." answers with the client's address as a TXT record.
 func dnsBackend(t *testing.T) Target {
 	t.Helper()
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
@@ -32,6 +34,9 @@ func dnsBackend(t *testing.T) Target {
 			m.Answer = append(m.Answer, rr("v6.test. 60 IN AAAA 2001:db8::5"))
 		case "alias.test.":
 			m.Answer = append(m.Answer, rr("alias.test. 60 IN CNAME Target.Test."))
+		case "peer.test.":
+			host, _, _ := net.SplitHostPort(w.RemoteAddr().String())
+			m.Answer = append(m.Answer, rr("peer.test. 60 IN TXT \""+host+"\""))
 		case "servfail.test.":
 			m.Rcode = dns.RcodeServerFailure
 		case "tcponly.test.":
@@ -87,6 +92,8 @@ func TestDNSCheck(t *testing.T) {
 		{"unexpected nxdomain", Spec{QueryName: "missing.test."}, false, "dns rcode NXDOMAIN"},
 		{"truncated falls back to tcp", Spec{QueryName: "tcponly.test.", Answer: "198.18.0.9"}, true, ""},
 		{"timeout", Spec{QueryName: "slow.test.", Timeout: 200 * time.Millisecond}, false, "timeout after 200ms"},
+		{"source address", Spec{QueryName: "peer.test.", QueryType: "TXT", Answer: `"127.0.0.9"`, Source: netip.MustParseAddr("127.0.0.9")}, true, ""},
+		{"default source", Spec{QueryName: "peer.test.", QueryType: "TXT", Answer: `"127.0.0.9"`}, false, `dns answer "\"127.0.0.9\"" not found`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

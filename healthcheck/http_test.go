@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -273,5 +274,23 @@ func TestHTTPSpecErrors(t *testing.T) {
 		if !errors.As(err, &fe) {
 			t.Errorf("%+v: error is not a *FieldError", c.spec)
 		}
+	}
+}
+
+func TestHTTPSourceAddress(t *testing.T) {
+	peers := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case peers <- r.RemoteAddr:
+		default:
+		}
+	}))
+	defer srv.Close()
+	r := mustNew(t, Spec{Type: TypeHTTP, Source: netip.MustParseAddr("127.0.0.9")}).Check(context.Background(), targetOf(t, srv.Listener.Addr()))
+	if !r.OK {
+		t.Fatalf("got %+v", r)
+	}
+	if p := <-peers; !strings.HasPrefix(p, "127.0.0.9:") {
+		t.Fatalf("server saw %s, want source 127.0.0.9", p)
 	}
 }
