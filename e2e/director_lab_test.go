@@ -273,7 +273,8 @@ func TestDirectorReload(t *testing.T) {
 // stays in the kernel while lvsd is down, the connection keeps echoing,
 // persistence templates survive (the client keeps its real server), and
 // there is no flush: the connection counters only grow, and adoption at
-// start-up writes nothing.
+// start-up writes nothing. A restart with a backend gone from the config
+// removes just that destination.
 func TestDirectorRestart(t *testing.T) {
 	l := newSeedLab(t, "80", "22")
 	l.lvsd.writeConfig("eth0", `
@@ -355,6 +356,44 @@ forward = "dr"
 		if got := who(t, l.client2, "22"); got != other {
 			t.Fatalf("after restart from %s, client2 moved from %s to %s", restart.name, other, got)
 		}
+	}
+
+	// lvsd down while its config loses client2's real server: the restart
+	// removes that destination alone. The service is not recreated, the
+	// held connection and the client's template live on, and client2 is
+	// rescheduled rather than black-holed.
+	l.lvsd.kill9()
+	addr := map[string]string{"rs1": "198.18.0.21", "rs2": "198.18.0.22"}
+	l.lvsd.writeConfig("eth0", fmt.Sprintf(`
+[[vip_group]]
+name = "web"
+addresses = ["198.18.0.100/32"]
+
+[[service]]
+name = "web-pcc"
+group = "web"
+address = "198.18.0.100"
+port = 0
+scheduler = "rr"
+persistence = "500s"
+forward = "dr"
+  [[service.backend]]
+  address = %q
+`, addr[kept]))
+	l.lvsd.start()
+	wantTable(t, l.ipvsadm(t), map[string][]string{
+		"TCP 198.18.0.100:0 rr persistent 500": {"-> " + addr[kept] + ":0 Route 1"},
+	})
+	hc.echo("after a restart that removed " + other)
+	if now := ipvsConns(t, l.dir)[svc]; now < counters[svc] {
+		t.Fatalf("after a restart with a changed config, the service connection counter fell from %d to %d: the service was recreated", counters[svc], now)
+	}
+	mustMatch(t, l.lvsd.proc.Output(), `adopted kernel IPVS state.* writes=1 `)
+	if got := who(t, l.client, "22"); got != kept {
+		t.Fatalf("after the restart client moved from %s to %s", kept, got)
+	}
+	if got := who(t, l.client2, "22"); got != kept {
+		t.Fatalf("client2, whose real server %s was removed, reached %s", other, got)
 	}
 	hc.echo("at the end")
 }

@@ -365,18 +365,18 @@ persistent = true
 	})
 }
 
-// TestSeedFWM: the seed's firewall-mark service (-f 8 -p), with lvsd
-// installing the mark itself from [service.mark]: no manual nft or iptables
-// rule. Ports 80 and 443 of one client reach the same real server; another
-// client is spread; unmarked ports are not balanced; the mark goes away
-// when lvsd stops.
-func TestSeedFWM(t *testing.T) {
-	l := newSeedLab(t, "80", "443", "8080")
-	l.lvsd.writeConfig("eth0", `
+// fwmConfig is the seed's FWM service with the given marked ports, or
+// without the service when ports is empty.
+func fwmConfig(ports string) string {
+	cfg := `
 [[vip_group]]
 name = "web"
 addresses = ["198.18.0.100/32"]
-
+`
+	if ports == "" {
+		return cfg
+	}
+	return cfg + `
 [[service]]
 name = "fwm-web"
 group = "web"
@@ -385,24 +385,43 @@ scheduler = "rr"
 persistent = true
   [service.mark]
   protocol = "tcp"
-  ports = [80, 443]
+  ports = [` + ports + `]
   destination = "198.18.0.100"
   [[service.backend]]
   address = "198.18.0.21"
   [[service.backend]]
   address = "198.18.0.22"
-`)
+`
+}
+
+// TestSeedFWM: the seed's firewall-mark service (-f 8 -p), with lvsd
+// installing the mark itself from [service.mark]: no manual nft or iptables
+// rule. Ports 80 and 443 of one client reach the same real server; another
+// client is spread; unmarked ports are not balanced. A kill -9 and restart
+// neither duplicates the rule nor loses clients; a reload changes the
+// marked ports; removing the service removes the mark, and so does stopping
+// lvsd.
+func TestSeedFWM(t *testing.T) {
+	l := newSeedLab(t, "80", "443", "8080")
+	l.lvsd.writeConfig("eth0", fwmConfig("80, 443"))
 	l.lvsd.start()
-	wantTable(t, l.ipvsadm(t), map[string][]string{
+	table := map[string][]string{
 		"FWM 8 rr persistent 360": {"-> 198.18.0.21:0 Route 1", "-> 198.18.0.22:0 Route 1"},
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	nft, err := l.dir.Run(ctx, "nft", "list", "ruleset")
-	if err != nil {
-		t.Fatal(err)
 	}
-	mustMatch(t, nft, `table inet lvsd`, `mark set 0x0*8`)
+	wantTable(t, l.ipvsadm(t), table)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	nft := func(args ...string) string {
+		t.Helper()
+		out, err := l.dir.Run(ctx, "nft", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	rules := nft("list", "ruleset")
+	mustMatch(t, rules, `table inet lvsd`, `mark set 0x0*8`, `dport \{ 80, 443 \}`)
+	nRules := strings.Count(rules, "mark set")
 
 	first := who(t, l.client, "80")
 	for i := 0; i < 4; i++ {
@@ -422,17 +441,58 @@ persistent = true
 	l.viaDirector(t, l.client, l.client2)
 	// Port 8080 is not marked: the director itself answers it (nothing
 	// listens there, so the connection is refused), no real server does.
-	if c, err := l.client.Dial(ctx, "tcp", vip+":8080"); err == nil {
-		c.Close()
-		t.Fatalf("port 8080 reached a real server: only ports 80 and 443 carry mark 8")
+	refused := func(port string) {
+		t.Helper()
+		if c, err := l.client.Dial(ctx, "tcp", vip+":"+port); err == nil {
+			c.Close()
+			t.Fatalf("port %s reached a real server: it carries no mark", port)
+		}
+	}
+	refused("8080")
+
+	// kill -9 leaves the table; the restarted lvsd keeps it as it is.
+	l.lvsd.kill9()
+	l.lvsd.start()
+	if got := strings.Count(nft("list", "ruleset"), "mark set"); got != nRules {
+		t.Fatalf("after kill -9 and restart: %d mark rules, want %d:\n%s", got, nRules, nft("list", "ruleset"))
+	}
+	wantTable(t, l.ipvsadm(t), table)
+	if got := who(t, l.client, "443"); got != first {
+		t.Fatalf("after restart client moved from %s to %s", first, got)
 	}
 
-	l.lvsd.stop()
-	nft, err = l.dir.Run(ctx, "nft", "list", "tables")
-	if err != nil {
-		t.Fatal(err)
+	// Reload: only port 80 stays marked.
+	l.lvsd.writeConfig("eth0", fwmConfig("80"))
+	l.lvsd.hup()
+	eventually(t, 30*time.Second, "the mark rule for port 80 alone", func() bool {
+		return !strings.Contains(nft("list", "table", "inet", "lvsd"), "443")
+	})
+	refused("443")
+	if got := who(t, l.client, "80"); got != first {
+		t.Fatalf("after the ports reload client moved from %s to %s", first, got)
 	}
-	if strings.Contains(nft, "lvsd") {
-		t.Fatalf("lvsd's nftables table is still there after lvsd stopped:\n%s", nft)
+	wantTable(t, l.ipvsadm(t), table)
+
+	// Reload without the service: its IPVS service and its mark go.
+	l.lvsd.writeConfig("eth0", fwmConfig(""))
+	l.lvsd.hup()
+	eventually(t, 30*time.Second, "FWM 8 and its mark gone", func() bool {
+		return !strings.Contains(l.ipvsadm(t), "FWM") && !strings.Contains(nft("list", "ruleset"), "mark set")
+	})
+	refused("80")
+
+	// Back by reload, then lvsd stops: the mark goes with it.
+	l.lvsd.writeConfig("eth0", fwmConfig("80, 443"))
+	l.lvsd.hup()
+	eventually(t, 30*time.Second, "FWM 8 back", func() bool {
+		_, ok := ipvsTable(l.ipvsadm(t))["FWM 8 rr persistent 360"]
+		return ok && strings.Contains(nft("list", "ruleset"), "mark set")
+	})
+	if a, b := who(t, l.client, "443"), who(t, l.client, "80"); a != b {
+		t.Fatalf("after re-adding the service client's ports 443 and 80 reached %s and %s", a, b)
+	}
+	l.lvsd.stop()
+	if tables := nft("list", "tables"); strings.Contains(tables, "lvsd") {
+		t.Fatalf("lvsd's nftables table is still there after lvsd stopped:\n%s", tables)
 	}
 }
