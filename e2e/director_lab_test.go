@@ -6,7 +6,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,10 +68,12 @@ func (hc *heldConn) echo(when string) {
 	}
 }
 
-// natLab: two clients in 198.18.0.0/24, the director (198.18.0.1 there,
-// 198.18.2.1 on the real servers' subnet, ip_forward on), real servers
-// 198.18.2.11 and .12 routing everything back through the director, VIPs
-// in 198.18.1.0/24. All share one bridge; the subnets keep them apart.
+// natLab: two clients in 198.18.0.0/24 and 2001:db8::/64, the director
+// (198.18.0.1 and 2001:db8::1 there, 198.18.2.1 and 2001:db8:2::1 on the
+// real servers' subnet, forwarding on), real servers 198.18.2.11/.12 and
+// 2001:db8:2::11/::12 routing everything back through the director, VIPs
+// in 198.18.1.0/24 and 2001:db8:1::/64. All share one bridge; the subnets
+// keep them apart.
 type natLab struct {
 	client, client2 *topo.Host
 	dir, rs1, rs2   *topo.Host
@@ -80,21 +84,27 @@ func newNATLab(t *testing.T, port string) *natLab {
 	t.Helper()
 	tp := topo.New(t)
 	l := &natLab{}
-	l.client = tp.Host("client", "198.18.0.10/24")
-	l.client2 = tp.Host("client2", "198.18.0.13/24")
+	l.client = tp.Host("client", "198.18.0.10/24", "2001:db8::10/64")
+	l.client2 = tp.Host("client2", "198.18.0.13/24", "2001:db8::13/64")
 	for _, c := range []*topo.Host{l.client, l.client2} {
 		c.AddRoute("198.18.1.0/24", "198.18.0.1")
+		c.AddRoute("2001:db8:1::/64", "2001:db8::1")
 	}
-	l.dir = tp.Host("dir-a", "198.18.0.1/24", "198.18.2.1/24")
+	l.dir = tp.Host("dir-a", "198.18.0.1/24", "198.18.2.1/24", "2001:db8::1/64", "2001:db8:2::1/64")
 	l.dir.Sysctl("net.ipv4.ip_forward", "1")
+	l.dir.Sysctl("net.ipv6.conf.all.forwarding", "1")
 	// Replies leave through the interface they came in on: no redirects,
 	// or real servers would learn to skip the director.
 	l.dir.Sysctl("net.ipv4.conf.all.send_redirects", "0")
 	l.dir.Sysctl("net.ipv4.conf.eth0.send_redirects", "0")
-	l.rs1 = tp.Host("rs1", "198.18.2.11/24")
-	l.rs2 = tp.Host("rs2", "198.18.2.12/24")
+	l.rs1 = tp.Host("rs1", "198.18.2.11/24", "2001:db8:2::11/64")
+	l.rs2 = tp.Host("rs2", "198.18.2.12/24", "2001:db8:2::12/64")
 	for _, rs := range []*topo.Host{l.rs1, l.rs2} {
 		rs.AddRoute("default", "198.18.2.1")
+		rs.AddRoute("::/0", "2001:db8:2::1")
+		// IPv6 has no send_redirects knob on the director: refuse them here.
+		rs.Sysctl("net.ipv6.conf.all.accept_redirects", "0")
+		rs.Sysctl("net.ipv6.conf.eth0.accept_redirects", "0")
 		rs.ServeIdentify(":" + port)
 	}
 	l.lvsd = newLVSD(t, l.dir, "dir-a")
@@ -102,57 +112,64 @@ func newNATLab(t *testing.T, port string) *natLab {
 }
 
 // TestDirectorNAT: the seed's persistence with forward = "nat" and port
-// translation (VIP port 80 to real servers' 8080): a client keeps its real
-// server, different clients are spread, and a non-persistent NAT service
-// alternates.
+// translation (VIP port 80 to real servers' 8080), over IPv4 and IPv6: a
+// client keeps its real server, different clients are spread, a
+// non-persistent NAT service alternates, and with an IPv6 persistence
+// granularity of /64 both clients (one /64) share a real server.
 func TestDirectorNAT(t *testing.T) {
 	l := newNATLab(t, "8080")
-	l.lvsd.writeConfig("eth0", `
+	var cfg strings.Builder
+	cfg.WriteString(`
 [[vip_group]]
 name = "web"
-addresses = ["198.18.1.100/32", "198.18.1.101/32"]
-
-[[service]]
-name = "nat-sticky"
-group = "web"
-address = "198.18.1.100"
-port = 80
-scheduler = "rr"
-persistence = "500s"
-forward = "nat"
-  [[service.backend]]
-  address = "198.18.2.11"
-  port = 8080
-  [[service.backend]]
-  address = "198.18.2.12"
-  port = 8080
-
-[[service]]
-name = "nat-plain"
-group = "web"
-address = "198.18.1.101"
-port = 80
-scheduler = "rr"
-forward = "nat"
-  [[service.backend]]
-  address = "198.18.2.11"
-  port = 8080
-  [[service.backend]]
-  address = "198.18.2.12"
-  port = 8080
+addresses = ["198.18.1.100/32", "198.18.1.101/32", "2001:db8:1::100/128", "2001:db8:1::101/128"]
 `)
+	for _, s := range []struct{ name, addr, extra, rs1, rs2 string }{
+		{"nat-sticky", "198.18.1.100", `persistence = "500s"`, "198.18.2.11", "198.18.2.12"},
+		{"nat-plain", "198.18.1.101", "", "198.18.2.11", "198.18.2.12"},
+		{"nat6-sticky", "2001:db8:1::100", `persistence = "500s"`, "2001:db8:2::11", "2001:db8:2::12"},
+		{"nat6-net", "2001:db8:1::101", "persistent = true\npersistence_granularity = 64", "2001:db8:2::11", "2001:db8:2::12"},
+	} {
+		fmt.Fprintf(&cfg, `
+[[service]]
+name = %q
+group = "web"
+address = %q
+port = 80
+scheduler = "rr"
+forward = "nat"
+%s
+  [[service.backend]]
+  address = %q
+  port = 8080
+  [[service.backend]]
+  address = %q
+  port = 8080
+`, s.name, s.addr, s.extra, s.rs1, s.rs2)
+	}
+	l.lvsd.writeConfig("eth0", cfg.String())
 	l.lvsd.start()
 	dests := []string{"-> 198.18.2.11:8080 Masq 1", "-> 198.18.2.12:8080 Masq 1"}
+	dests6 := []string{"-> [2001:db8:2::11]:8080 Masq 1", "-> [2001:db8:2::12]:8080 Masq 1"}
 	wantTable(t, ipvsadm(t, l.dir), map[string][]string{
-		"TCP 198.18.1.100:80 rr persistent 500": dests,
-		"TCP 198.18.1.101:80 rr":                dests,
+		"TCP 198.18.1.100:80 rr persistent 500":              dests,
+		"TCP 198.18.1.101:80 rr":                             dests,
+		"TCP [2001:db8:1::100]:80 rr persistent 500":         dests6,
+		"TCP [2001:db8:1::101]:80 rr persistent 360 mask 64": dests6,
 	})
 
 	const n = 5
-	first := sticky(t, l.client, "", "198.18.1.100:80", n)
-	second := sticky(t, l.client2, "", "198.18.1.100:80", n)
-	if first == second {
-		t.Fatalf("both clients on %s: rr must spread different clients", first)
+	for _, vip := range []string{"198.18.1.100:80", "[2001:db8:1::100]:80"} {
+		first := sticky(t, l.client, "", vip, n)
+		second := sticky(t, l.client2, "", vip, n)
+		if first == second {
+			t.Fatalf("%s: both clients on %s: rr must spread different clients", vip, first)
+		}
+		t.Logf("%s persistent: client %s, client2 %s", vip, first, second)
+	}
+	net1 := sticky(t, l.client, "", "[2001:db8:1::101]:80", n)
+	if got := sticky(t, l.client2, "", "[2001:db8:1::101]:80", n); got != net1 {
+		t.Fatalf("persistence_granularity 64: client on %s, client2 (same /64) on %s", net1, got)
 	}
 	var got []string
 	for i := 0; i < 6; i++ {
@@ -164,12 +181,12 @@ forward = "nat"
 		}
 	}
 	// NAT: replies pass the director too (under DR OutPkts stays 0).
-	eventually(t, 30*time.Second, "IPVS counters of both NAT services, replies included", func() bool {
+	eventually(t, 30*time.Second, "IPVS counters of the NAT services, replies included", func() bool {
 		st := ipvsStats(t, l.dir)
-		p, q := st["TCP 198.18.1.100:80"], st["TCP 198.18.1.101:80"]
-		return p[0] >= 2*n && q[0] >= 6 && p[2] > 0 && q[2] > 0
+		p, q, r := st["TCP 198.18.1.100:80"], st["TCP 198.18.1.101:80"], st["TCP [2001:db8:1::100]:80"]
+		return p[0] >= 2*n && q[0] >= 6 && r[0] >= 2*n && p[2] > 0 && q[2] > 0 && r[2] > 0
 	})
-	t.Logf("persistent: client %s, client2 %s; plain: %v", first, second, got)
+	t.Logf("plain: %v", got)
 }
 
 // reloadConfig is a non-persistent DR service on port 80; backends lists
@@ -396,4 +413,129 @@ forward = "dr"
 		t.Fatalf("client2, whose real server %s was removed, reached %s", other, got)
 	}
 	hc.echo("at the end")
+}
+
+// TestDirectorForeignAndDrift: lvsd never touches IPVS services or nftables
+// tables it does not own (at start, reload, resync and stop), and its
+// periodic resync repairs drift: a deleted destination, a changed
+// scheduler, even `ipvsadm -C`.
+func TestDirectorForeignAndDrift(t *testing.T) {
+	l := newSeedLab(t, "80", "443")
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := l.dir.Run(ctx, name, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	// Another tool's IPVS services and nftables table, there before lvsd.
+	addForeign := func() {
+		t.Helper()
+		run("ipvsadm", "-A", "-t", "198.18.0.200:80", "-s", "wlc")
+		run("ipvsadm", "-a", "-t", "198.18.0.200:80", "-r", "198.18.0.21:80", "-g", "-w", "3")
+		run("ipvsadm", "-A", "-f", "99", "-s", "sh")
+	}
+	addForeign()
+	run("nft", "add table inet foreign")
+	run("nft", "add chain inet foreign pre { type filter hook prerouting priority -150 ; }")
+	run("nft", "add rule inet foreign pre tcp dport 9999 meta mark set 99")
+	foreignRules := run("nft", "list", "table", "inet", "foreign")
+
+	config := func(weight int) string {
+		return fmt.Sprintf(`
+[ipvs]
+resync_interval = "1s"
+
+[[vip_group]]
+name = "web"
+addresses = ["198.18.0.100/32"]
+
+[[service]]
+name = "web"
+group = "web"
+address = "198.18.0.100"
+port = 80
+scheduler = "rr"
+  [[service.backend]]
+  address = "198.18.0.21"
+  [[service.backend]]
+  address = "198.18.0.22"
+  weight = %d
+
+[[service]]
+name = "tls"
+group = "web"
+fwmark = 8
+persistent = true
+  [service.mark]
+  ports = [443]
+  destination = "198.18.0.100"
+  [[service.backend]]
+  address = "198.18.0.21"
+  [[service.backend]]
+  address = "198.18.0.22"
+`, weight)
+	}
+	foreign := map[string][]string{
+		"TCP 198.18.0.200:80 wlc": {"-> 198.18.0.21:80 Route 3"},
+		"FWM 99 sh":               {},
+	}
+	table := func(weight int, withForeign bool) map[string][]string {
+		tb := map[string][]string{
+			"TCP 198.18.0.100:80 rr":   {"-> 198.18.0.21:80 Route 1", fmt.Sprintf("-> 198.18.0.22:80 Route %d", weight)},
+			"FWM 8 wlc persistent 360": {"-> 198.18.0.21:0 Route 1", "-> 198.18.0.22:0 Route 1"},
+		}
+		if withForeign {
+			maps.Copy(tb, foreign)
+		}
+		return tb
+	}
+	checkForeignNFT := func(when string) {
+		t.Helper()
+		if got := run("nft", "list", "table", "inet", "foreign"); got != foreignRules {
+			t.Fatalf("%s: the foreign nftables table changed:\n%s\nwas:\n%s", when, got, foreignRules)
+		}
+	}
+
+	l.lvsd.writeConfig("eth0", config(1))
+	l.lvsd.start()
+	wantTable(t, l.ipvsadm(t), table(1, true))
+	checkForeignNFT("after start")
+
+	l.lvsd.writeConfig("eth0", config(2))
+	l.lvsd.hup()
+	eventually(t, 30*time.Second, "weight 2 after reload", func() bool {
+		return maps.EqualFunc(ipvsTable(l.ipvsadm(t)), table(2, true), slices.Equal)
+	})
+	checkForeignNFT("after reload")
+
+	// Drift, repaired by the resync (every second here).
+	repaired := func(what string) {
+		t.Helper()
+		eventually(t, 30*time.Second, "resync to repair "+what, func() bool {
+			return maps.EqualFunc(ipvsTable(l.ipvsadm(t)), table(2, true), slices.Equal)
+		})
+	}
+	run("ipvsadm", "-d", "-t", vip+":80", "-r", "198.18.0.22:80")
+	repaired("a deleted destination")
+	run("ipvsadm", "-E", "-t", vip+":80", "-s", "wlc")
+	repaired("a changed scheduler")
+	run("ipvsadm", "-e", "-f", "8", "-r", "198.18.0.21", "-g", "-w", "7")
+	repaired("a changed weight")
+	run("ipvsadm", "-C")
+	addForeign() // the foreign tool restores its own
+	repaired("ipvsadm -C")
+	if !strings.Contains(l.lvsd.proc.Output(), "IPVS drift repaired") {
+		t.Errorf("lvsd did not log the drift it repaired")
+	}
+	for i := 0; i < 4; i++ {
+		who(t, l.client, "80") // traffic flows after the repair
+	}
+
+	l.lvsd.stop()
+	wantTable(t, l.ipvsadm(t), table(2, true))
+	checkForeignNFT("after stop")
 }
