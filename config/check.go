@@ -19,7 +19,7 @@ const (
 	DefaultCheckFall     = 3
 )
 
-var checkTypes = []CheckType{CheckNone, CheckTCP, CheckHTTP, CheckHTTPS, CheckExec, CheckDNS}
+var checkTypes = []CheckType{CheckNone, CheckTCP, CheckHTTP, CheckHTTPS, CheckExec, CheckDNS, CheckGRPC}
 
 // checkKeys says which keys (beyond the common timing ones) each check type
 // uses; any other key is a mistake worth reporting.
@@ -30,6 +30,7 @@ var checkKeys = map[CheckType][]string{
 	CheckHTTPS: {"source", "port", "method", "path", "host", "headers", "status", "body_regex", "body_sha256", "sni", "tls_verify", "ca_file"},
 	CheckExec:  {"port", "command", "dynamic"},
 	CheckDNS:   {"source", "port", "query_name", "query_type", "rcode", "answer"},
+	CheckGRPC:  {"source", "port", "grpc_service", "tls", "sni", "tls_verify", "ca_file"},
 }
 
 var commonCheckKeys = []string{"type", "interval", "timeout", "rise", "fall", "retry_delay", "initial_delay"}
@@ -57,10 +58,10 @@ func (d *decoder) check(r *reader, own *table) *Check {
 		if slices.Contains(checkTypes, CheckType(v)) {
 			c.Type, typeOK = CheckType(v), true
 		} else {
-			d.e.at(r.pos("type"), "%s: unknown check type %q (tcp, http, https, exec, dns or none)", r.name("type"), v)
+			d.e.at(r.pos("type"), "%s: unknown check type %q (tcp, http, https, exec, dns, grpc or none)", r.name("type"), v)
 		}
 	} else if !r.has("type") {
-		d.e.at(c.Pos, "%s is required (tcp, http, https, exec, dns or none)", r.name("type"))
+		d.e.at(c.Pos, "%s is required (tcp, http, https, exec, dns, grpc or none)", r.name("type"))
 	}
 	c.Interval, c.Timeout = d.intervalTimeout(r, DefaultCheckInterval)
 	c.Rise = int(r.intOr("rise", 1, 1000, DefaultCheckRise))
@@ -157,6 +158,8 @@ func (d *decoder) check(r *reader, own *table) *Check {
 		}
 	}
 	c.Answer, _ = r.str("answer")
+	c.GRPCService, _ = r.str("grpc_service")
+	c.TLS = r.boolean("tls", false)
 
 	if typeOK {
 		allowed := checkKeys[c.Type]

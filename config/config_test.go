@@ -545,3 +545,37 @@ func TestHAExamples(t *testing.T) {
 		t.Errorf("cluster addresses: a %v b %v peers %v", a.Cluster.Bind, b.Cluster.Bind, a.Cluster.Peers)
 	}
 }
+
+func TestGRPCCheck(t *testing.T) {
+	c := mustLoad(t, `
+[[service]]
+name = "api"
+address = "198.18.0.100"
+port = 9090
+  [service.check]
+  type = "grpc"
+  grpc_service = "pkg.Svc"
+  tls = true
+  sni = "api.example"
+  [[service.backend]]
+  address = "198.18.1.65"
+`)
+	ch := c.Services[0].Check
+	if ch.Type != CheckGRPC || ch.GRPCService != "pkg.Svc" || !ch.TLS || ch.SNI != "api.example" || !ch.TLSVerify {
+		t.Fatalf("grpc check = %+v", ch)
+	}
+	_, errs, _ := load(t, `
+[[service]]
+name = "api"
+address = "198.18.0.100"
+port = 9090
+  [service.check]
+  type = "tcp"
+  tls = true
+  [[service.backend]]
+  address = "198.18.1.65"
+`)
+	if len(errs) != 1 || !strings.Contains(errs[0].Msg, "not used by tcp checks") {
+		t.Fatalf("tls on a tcp check: %v", errs)
+	}
+}

@@ -307,6 +307,7 @@ const (
 	CheckHTTPS CheckType = "https"
 	CheckExec  CheckType = "exec"
 	CheckDNS   CheckType = "dns"
+	CheckGRPC  CheckType = "grpc" // grpc.health.v1
 )
 
 // Check is [service.check] (or a backend's override of it).
@@ -344,6 +345,10 @@ type Check struct {
 	QueryType uint16 // DNS type number; default A
 	RCode     int    // expected rcode; default NOERROR (0)
 	Answer    string // expected in the answer section; "" = any
+
+	// grpc: grpc.health.v1 Check over HTTP/2, plain or TLS
+	GRPCService string // service name asked about; "" = the whole server
+	TLS         bool   // default false; sni, tls_verify and ca_file apply
 
 	Pos Pos
 	at  positions

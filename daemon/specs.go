@@ -129,6 +129,8 @@ func checkSpec(s *config.Service, c *config.Check) healthcheck.Spec {
 		Dynamic:      c.Dynamic,
 		QueryName:    c.QueryName,
 		Answer:       c.Answer,
+		GRPCService:  c.GRPCService,
+		TLS:          c.TLS,
 	}
 	for _, r := range c.Status {
 		if r.Lo == r.Hi {
