@@ -360,7 +360,7 @@ func printStatus(w io.Writer, st api.Status) {
 	for _, s := range st.Services {
 		flags := s.Scheduler
 		if s.Persistent {
-			flags += " persistent " + strings.TrimSuffix(s.Timeout, "s")
+			flags += " persistent " + persistSeconds(s.Timeout)
 			if s.Granularity != 0 {
 				flags += " mask /" + strconv.Itoa(s.Granularity)
 			}
@@ -403,6 +403,15 @@ func printStatus(w io.Writer, st api.Status) {
 		}
 	}
 	tw.Flush()
+}
+
+// persistSeconds renders a persistence timeout in seconds, as ipvsadm does:
+// the API's "8m20s" prints as "500".
+func persistSeconds(timeout string) string {
+	if d, err := time.ParseDuration(timeout); err == nil {
+		return strconv.FormatInt(int64(d/time.Second), 10)
+	}
+	return timeout
 }
 
 // ipvsadmKey renders "tcp:198.18.1.63:0" as ipvsadm does: "TCP  198.18.1.63:0".

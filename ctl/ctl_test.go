@@ -28,13 +28,14 @@ func (r *recorder) add(s string) {
 	r.calls = append(r.calls, s)
 }
 
+// Status answers what lvsd sends: a persistence timeout of 500 s is "8m20s".
 func (r *recorder) Status(context.Context) (api.Status, error) {
 	r.add("status")
 	return api.Status{
 		Node: "dir-a", Mode: "cluster", Config: "/etc/lvsd/lvsd.toml",
 		Members: []api.Member{{Name: "dir-a", Self: true, Alive: true}, {Name: "dir-b", Alive: true, Address: "198.18.0.12:7946", LastSeen: time.Now()}},
 		Groups:  []api.Group{{Name: "web", State: "master", Owner: "dir-a", Priority: 150, BasePriority: 150, Interface: "eth0", Addresses: []string{"198.18.1.63/32"}}},
-		Services: []api.Service{{Name: "web-pcc", Key: "tcp:198.18.1.63:0", Scheduler: "rr", Persistent: true, Timeout: "500s", QuorumUp: true, InKernel: true,
+		Services: []api.Service{{Name: "web-pcc", Key: "tcp:198.18.1.63:0", Scheduler: "rr", Persistent: true, Timeout: "8m20s", QuorumUp: true, InKernel: true,
 			Backends: []api.Backend{
 				{Address: "198.18.1.65:0", Forward: "dr", ConfigWeight: 1, Weight: 1, Health: "up", InKernel: true, ActiveConns: 3},
 				{Address: "198.18.1.66:0", Forward: "dr", ConfigWeight: 1, Weight: 0, Health: "down", Admin: "drained", InKernel: true, Reason: "connect refused"},
