@@ -324,6 +324,12 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.queue = newSerialQueue()
 	defer n.queue.close(context.Background())
+	stopCtx := context.Background() // Stop's, once asked
+	defer func() {
+		for _, q := range n.notes { // let notify scripts finish (each bounded by notify_timeout)
+			q.close(stopCtx)
+		}
+	}()
 
 	groups := make([]*groupRT, len(n.spec.Groups))
 	now := time.Now()
@@ -386,7 +392,6 @@ func (n *Node) Run(ctx context.Context) error {
 	e.evaluate(time.Now())
 	timer := time.NewTimer(e.nextWake(time.Now()))
 	defer timer.Stop()
-	stopCtx := context.Background()
 loop:
 	for {
 		select {
@@ -419,9 +424,6 @@ loop:
 	cancel()
 	if cl := n.cl.Load(); cl != nil {
 		cl.close(500 * time.Millisecond)
-	}
-	for _, q := range n.notes {
-		q.close(stopCtx)
 	}
 	return nil
 }

@@ -344,6 +344,11 @@ func (b *bench) stability(d time.Duration) {
 		out := pr.Output()
 		transitions += strings.Count(out, `msg="state changed"`) - before[n]
 		deaths += strings.Count(out, `msg="peer dead"`)
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, `msg="peer dead"`) || strings.Contains(line, `msg="state changed"`) {
+				fmt.Printf("  %s: %s\n", n, line)
+			}
+		}
 	}
 	lost, total := p.probes.failures(end.Add(-d), end)
 	fmt.Printf("ownership changes seen on the interfaces: %d (target 0)\n", changes)
