@@ -25,6 +25,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -53,7 +54,7 @@ func main() {
 	flag.IntVar(&cfg.services, "services", 10000, "virtual services")
 	flag.IntVar(&cfg.dests, "dests", 10, "DR destinations per service")
 	flag.IntVar(&cfg.batch, "batch", 0, "requests per sendmsg (0: ipvsnl default)")
-	figures := flag.String("figures", "dp,ipvsadm,dump", "comma-separated figures in run order: dp (ipvsdp.Apply), dp-ackeach (the same with an ack per request), ipvsadm (ipvsadm -R), moby (moby/ipvs one call per object), dump")
+	figures := flag.String("figures", "dp,dump,ipvsadm", "comma-separated figures in run order: dp (ipvsdp.Apply), dp-ackeach (the same with an ack per request), ipvsadm (ipvsadm -R), moby (moby/ipvs one call per object), dump")
 	flag.BoolVar(&cfg.mobyDump, "moby-dump", true, "measure moby/ipvs's dump as the dump anchor")
 	flag.Parse()
 	cfg.figures = strings.Split(*figures, ",")
@@ -131,9 +132,39 @@ type bench struct {
 	out        io.Writer
 	log        *slog.Logger
 	namespaces []string
-	// programmed is the namespace the Dataplane figure filled; the dump
-	// figures read it.
+	// programmed is the namespace the last dp figure filled; a dump figure
+	// right after it reads it. At most one full table exists at a time:
+	// every service and destination has a rate estimator the kernel (6.1)
+	// walks every 2 s, so a table left behind slows whatever runs next.
 	programmed string
+}
+
+// discardProgrammed removes the table of the last dp figure, if any.
+func (b *bench) discardProgrammed(ctx context.Context) error {
+	if b.programmed == "" {
+		return nil
+	}
+	path := b.programmed
+	b.programmed = ""
+	return b.discard(ctx, path)
+}
+
+// discard empties a namespace's IPVS table (stopping its estimators at
+// once) and deletes the namespace.
+func (b *bench) discard(ctx context.Context, path string) error {
+	cmd := exec.CommandContext(ctx, "ipvsadm", "-C")
+	if err := startInNS(path, cmd); err != nil {
+		return err
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("ipvsadm -C in %s: %w", path, err)
+	}
+	name := filepath.Base(path)
+	if err := netns.DeleteNamed(name); err != nil {
+		return fmt.Errorf("deleting namespace %s: %w", name, err)
+	}
+	b.namespaces = slices.DeleteFunc(b.namespaces, func(n string) bool { return n == name })
+	return nil
 }
 
 func (b *bench) printf(format string, args ...any) { fmt.Fprintf(b.out, format, args...) }
@@ -148,6 +179,9 @@ func secs(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
 // figureProgramDataplane programs the whole table from empty through
 // ipvsdp.Apply, as lvsd's first reconcile does.
 func (b *bench) figureProgramDataplane(ctx context.Context, ackEach bool) (time.Duration, error) {
+	if err := b.discardProgrammed(ctx); err != nil {
+		return 0, err
+	}
 	path, err := b.freshNS("dp")
 	if err != nil {
 		return 0, err
@@ -223,12 +257,18 @@ func (b *bench) figurePeakRSS() {
 
 // figureProgramIpvsadm restores the same table with `ipvsadm -R`, the anchor.
 func (b *bench) figureProgramIpvsadm(ctx context.Context) (time.Duration, error) {
+	if err := b.discardProgrammed(ctx); err != nil {
+		return 0, err
+	}
 	path, err := b.freshNS("ipvsadm")
 	if err != nil {
 		return 0, err
 	}
 	elapsed, err := b.programIpvsadm(ctx, path, b.cfg.services, b.cfg.dests)
 	if err != nil {
+		return 0, err
+	}
+	if err := b.discard(ctx, path); err != nil {
 		return 0, err
 	}
 	b.line("program ipvsadm -R", secs(elapsed), "anchor (same boot); lab notes: 77.3 s at 10k×10, 8.95 s at 1k×10")
@@ -267,12 +307,18 @@ func (b *bench) programIpvsadm(ctx context.Context, path string, services, dests
 
 // figureProgramMoby programs the table with moby/ipvs, one call per object.
 func (b *bench) figureProgramMoby(ctx context.Context) (time.Duration, error) {
+	if err := b.discardProgrammed(ctx); err != nil {
+		return 0, err
+	}
 	path, err := b.freshNS("moby")
 	if err != nil {
 		return 0, err
 	}
 	elapsed, err := programMoby(ctx, path, b.cfg.services, b.cfg.dests)
 	if err != nil {
+		return 0, err
+	}
+	if err := b.discard(ctx, path); err != nil {
 		return 0, err
 	}
 	b.line("program moby/ipvs", secs(elapsed), "second anchor: one netlink round trip per object")
@@ -322,17 +368,23 @@ func (b *bench) warmUp(ctx context.Context) error {
 		case "dp", "dp-ackeach", "dump":
 			var path string
 			if path, err = b.freshNS("warm"); err == nil {
-				_, err = b.programDataplane(ctx, path, n, d, f == "dp-ackeach")
+				if _, err = b.programDataplane(ctx, path, n, d, f == "dp-ackeach"); err == nil {
+					err = b.discard(ctx, path)
+				}
 			}
 		case "ipvsadm":
 			var path string
 			if path, err = b.freshNS("warm"); err == nil {
-				_, err = b.programIpvsadm(ctx, path, n, d)
+				if _, err = b.programIpvsadm(ctx, path, n, d); err == nil {
+					err = b.discard(ctx, path)
+				}
 			}
 		case "moby":
 			var path string
 			if path, err = b.freshNS("warm"); err == nil {
-				_, err = programMoby(ctx, path, n, d)
+				if _, err = programMoby(ctx, path, n, d); err == nil {
+					err = b.discard(ctx, path)
+				}
 			}
 		}
 		if err != nil {
@@ -347,7 +399,7 @@ func (b *bench) warmUp(ctx context.Context) error {
 // GetServices + GetDestinations.
 func (b *bench) figureDump(ctx context.Context) error {
 	if b.programmed == "" {
-		return errors.New("the dump figure reads the table of a dp figure: list dp before dump in -figures")
+		return errors.New("the dump figure reads the table of the dp figure just before it: list dump right after dp in -figures")
 	}
 	dp, err := ipvsdp.Open(ctx, ipvsdp.WithNetNS(b.programmed), ipvsdp.WithLogger(b.log))
 	if err != nil {
