@@ -25,6 +25,7 @@ import (
 // spare addresses so one host can act as several clients.
 type haLab struct {
 	t               *testing.T
+	tp              *topo.Topo
 	sync            bool
 	client, client2 *topo.Host
 	dirA, dirB      *topo.Host
@@ -46,7 +47,7 @@ var haClientAddrs = []string{"198.18.0.14", "198.18.0.15", "198.18.0.16", "198.1
 func newHALab(t *testing.T, sync bool) *haLab {
 	t.Helper()
 	tp := topo.New(t)
-	l := &haLab{t: t, sync: sync}
+	l := &haLab{t: t, tp: tp, sync: sync}
 	l.client = tp.Host("client", "198.18.0.10/24")
 	l.client2 = tp.Host("client2", "198.18.0.13/24")
 	for _, a := range haClientAddrs {
