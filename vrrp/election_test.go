@@ -62,6 +62,9 @@ func TestElectRules(t *testing.T) {
 		{"local fault", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 100, Fault: true, FaultReason: "eth0 down", Claiming: true}}}, RoleFault, false, "", "eth0 down"},
 		{"priority 0 is fault", ElectionInput{Self: "a", Groups: web(0, true, true)}, RoleFault, false, "", "priority 0"},
 		{"promote forces want over nopreempt", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 255, Force: true}}, Alive: peer(cand(100, true))}, RoleBackup, true, "b", "preempting"},
+		{"demoted owner hands over even to a nopreempt peer", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Claiming: true, Yield: true}}, Alive: peer(cand(100, false))}, RoleBackup, false, "b", "demoted: handing over to b"},
+		{"demoted owner keeps the group when alone", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Claiming: true, Yield: true}}}, RoleMaster, false, "a", "owner"},
+		{"demoted node does not take over from nobody when a peer is eligible", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Yield: true, Preempt: true}}, Alive: peer(cand(2, false))}, RoleBackup, false, "b", "precedence"},
 		{"unknown member ignored", ElectionInput{Self: "a", Members: []string{"a", "c"}, Groups: web(100, false, true), Alive: peer(cand(200, true))}, RoleMaster, false, "a", ""},
 	}
 	for _, c := range cases {
