@@ -3,7 +3,7 @@
 GO ?= go
 LAB := $(GO) run ./cmd/lvslab
 
-.PHONY: test test-host test-lab demo lab-setup vet bench
+.PHONY: test test-host test-lab demo lab-setup vet bench build
 
 # The whole suite: host tests, then lab-tagged tests in one VM boot.
 test:
@@ -36,3 +36,6 @@ vet:
 # Benchmarks print figures; they never assert speed.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+build:
+	$(GO) build -o bin/ ./cmd/lvsd ./cmd/lvsctl
