@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -46,6 +47,10 @@ func (l *eventLog) since(since time.Time, limit int) []api.Event {
 			out = append(out, e)
 		}
 	}
+	// Events carry the time they happened, which can precede the time they
+	// were recorded (an election transition reported while an operator
+	// action is being logged): list them in time order.
+	slices.SortStableFunc(out, func(a, b api.Event) int { return a.Time.Compare(b.Time) })
 	if len(out) > limit {
 		out = out[len(out)-limit:]
 	}
