@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/lvsd/lvsd/daemon"
 	"github.com/lvsd/lvsd/lab/demo"
 	"github.com/lvsd/lvsd/lab/vm"
 )
@@ -32,9 +33,26 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	return res.ExitCode, nil
 }
 
+// demoLVSD after demo-guest makes this binary run lvsd: the demo starts
+// its directors as `lvslab demo-guest lvsd --config ...`, so it needs no
+// separately built lvsd inside the VM.
+const demoLVSD = "lvsd"
+
+// demoGuest is the part of the demo that runs inside the VM: the demo
+// itself, or (with demoLVSD) one of its lvsd directors.
 func demoGuest(ctx context.Context, stdout io.Writer) error {
 	if !vm.InVM() {
 		return errors.New("demo-guest runs inside the lab VM; use `lvslab demo`")
 	}
-	return demo.Run(ctx, stdout, demo.Options{})
+	if len(os.Args) > 2 && os.Args[2] == demoLVSD {
+		if code := daemon.Main(os.Args[3:], os.Stdout, os.Stderr); code != 0 {
+			return fmt.Errorf("lvsd exited with status %d", code)
+		}
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+	return demo.Run(ctx, stdout, demo.Options{LVSD: []string{exe, "demo-guest", demoLVSD}})
 }
