@@ -19,6 +19,7 @@ const (
 	DefaultSocket            = "/run/lvsd/lvsd.sock"
 	DefaultHeartbeatInterval = 20 * time.Millisecond
 	DefaultDeadAfter         = 100 * time.Millisecond
+	DefaultRealtimePriority  = 10
 )
 
 func (d *decoder) node(r *reader, m *mainSections) {
@@ -136,6 +137,7 @@ func (d *decoder) cluster(r *reader, m *mainSections) *Cluster {
 		}
 		d.e.at(p, "cluster.heartbeat_interval (%s) must be below dead_after (%s)", c.HeartbeatInterval, c.DeadAfter)
 	}
+	c.RealtimePriority = int(r.intOr("realtime_priority", 0, 99, DefaultRealtimePriority))
 	m.clusterAt = positions{{"key_file", r.pos("key_file")}, {"members", r.pos("members")}}
 	r.done()
 	return c

@@ -90,6 +90,10 @@ type Cluster struct {
 	Witnesses         []string      // subset of Members that hold no VIP
 	HeartbeatInterval time.Duration // default 20ms
 	DeadAfter         time.Duration // default 100ms; must exceed HeartbeatInterval
+	// RealtimePriority runs lvsd with SCHED_RR at this priority (1..99), as
+	// keepalived's vrrp_rt_priority, so a loaded host cannot starve the
+	// heartbeats; 0 keeps normal scheduling. Default 10.
+	RealtimePriority int
 	Pos               Pos
 }
 

@@ -184,6 +184,10 @@ func vrrpSpec(cfg *config.Config, witness bool) vrrp.Spec {
 			Witnesses:         c.Witnesses,
 			HeartbeatInterval: c.HeartbeatInterval,
 			DeadAfter:         c.DeadAfter,
+			Realtime:          c.RealtimePriority,
+		}
+		if c.RealtimePriority == 0 {
+			cs.Realtime = -1 // vrrp: -1 is off, 0 its default
 		}
 		if c.Advertise.IsValid() {
 			cs.Advertise = c.Advertise.String()
