@@ -94,7 +94,7 @@ type Cluster struct {
 	// keepalived's vrrp_rt_priority, so a loaded host cannot starve the
 	// heartbeats; 0 keeps normal scheduling. Default 10.
 	RealtimePriority int
-	Pos               Pos
+	Pos              Pos
 }
 
 // HostPort is a peer address: an IP or a DNS name, and a port.
