@@ -195,6 +195,16 @@ func testBackendDies(t *testing.T, onFailure string) {
 		gone = func() bool { return l.probe.weight(healthRS2) == 0 }
 		what = "rs2 at weight 0 in IPVS"
 	}
+	downOp, upOp := "del-dest", "add-dest"
+	if onFailure == "inhibit" {
+		downOp, upOp = "update-dest", "update-dest"
+	}
+	// writes reads lvsd's IPVS write counter: all ops, and one kind.
+	writes := func(op string) (total, ofOp int) {
+		m := scrapeMetrics(t, l.dir)
+		return int(metricSum(m, "lvsd_reconcile_operations_total", "")), int(metricSum(m, "lvsd_reconcile_operations_total", `op="`+op+`"`))
+	}
+	total0, op0 := writes(downOp)
 	start := time.Now()
 	l.rs2.stop()
 	left := l.probe.wait(30*time.Second, what, gone)
@@ -204,6 +214,12 @@ func testBackendDies(t *testing.T, onFailure string) {
 	}
 	if w := healthDestWeight(out, healthRS1); w != 1 {
 		t.Fatalf("rs1 has weight %d after rs2 died, want 1:\n%s", w, out)
+	}
+	// Exactly one IPVS write (also a check of the counter that the
+	// flapping test reads).
+	total1, op1 := writes(downOp)
+	if total1-total0 != 1 || op1-op0 != 1 {
+		t.Errorf("rs2's failure cost %d IPVS writes (%d %s), want exactly 1 %s", total1-total0, op1-op0, downOp, downOp)
 	}
 	detected := healthEvent(t, l.lvsd, "web/"+healthRS2+":"+healthPort, "up", "down").Time.Sub(start)
 	t.Logf("LEAVE IPVS (on_failure %s): rs2's server stopped -> %s after %v (the failing check that made it down ended after %v); fall × interval + timeout = %d × %v + %v = %v",
@@ -238,6 +254,7 @@ func testBackendDies(t *testing.T, onFailure string) {
 	mustMatch(t, l.lvsd.proc.Output(), `msg="backend health".* backend=`+rs2Key+` from=up to=down reason="connect refused" successes=0 failures=`+strconv.Itoa(checkFall)+`\b`)
 
 	// rs2 comes back after rise successes.
+	total1, op1 = writes(upOp)
 	start = time.Now()
 	l.rs2.start()
 	back := l.probe.wait(30*time.Second, "rs2 back in IPVS with weight 1", func() bool { return l.probe.weight(healthRS2) == 1 })
@@ -246,6 +263,9 @@ func testBackendDies(t *testing.T, onFailure string) {
 		onFailure, back.Round(time.Millisecond), detected.Round(time.Millisecond), checkRise, checkInterval, checkRise*checkInterval)
 	if w := healthDestWeight(ipvsadm(t, l.dir), healthRS2); w != 1 {
 		t.Fatalf("ipvsadm -Ln shows rs2 with weight %d after it came back, want 1", w)
+	}
+	if total2, op2 := writes(upOp); total2-total1 != 1 || op2-op1 != 1 {
+		t.Errorf("rs2's return cost %d IPVS writes (%d %s), want exactly 1 %s", total2-total1, op2-op1, upOp, upOp)
 	}
 	mustMatch(t, l.lvsd.mustCtl("events"), `health\s+web/`+rs2Key+`\s+down -> up\s+ok`)
 	mustMatch(t, l.lvsd.proc.Output(), `msg="backend health".* backend=`+rs2Key+` from=down to=up reason=ok successes=`+strconv.Itoa(checkRise)+`\b`)
