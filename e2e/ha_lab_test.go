@@ -83,8 +83,8 @@ sync_id = 7
 bind = "%s:7946"
 peers = ["%s:7946"]
 insecure = true
-heartbeat_interval = "50ms"
-dead_after = "600ms"
+heartbeat_interval = "100ms"
+dead_after = "1500ms"
 
 [[vip_group]]
 name = "web"
@@ -484,7 +484,7 @@ func TestHAStickyFailover(t *testing.T) {
 				l.dirA.LinkDown()
 			}
 			took := l.waitOwner(l.b, l.dirB)
-			t.Logf("%s: dir-b owns the group after %v", tc.move, took.Round(time.Millisecond))
+			t.Logf("%s: dir-b owns the group after %v; its election events:\n%s", tc.move, took.Round(time.Millisecond), formatEvents(electionEvents(t, l.b)))
 
 			// dir-b's rr has scheduled nobody yet. Fresh clients take the next
 			// rr slots until the next one is rs1; then the sticky client
