@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -259,6 +260,10 @@ func (c *cli) backend(ctx context.Context, args []string) error {
 		return err
 	}
 	return c.print(b, func(w io.Writer) {
+		if b.Origin == "removed" {
+			fmt.Fprintf(w, "%s: %s/%s removed\n", action, req.Service, b.Address)
+			return
+		}
 		fmt.Fprintf(w, "%s: %s/%s admin=%s weight=%d health=%s\n", action, req.Service, b.Address, orDash(b.Admin), b.Weight, b.Health)
 	})
 }
@@ -362,7 +367,7 @@ func printStatus(w io.Writer, st api.Status) {
 		if s.Persistent {
 			flags += " persistent " + persistSeconds(s.Timeout)
 			if s.Granularity != 0 {
-				flags += " mask /" + strconv.Itoa(s.Granularity)
+				flags += " mask " + maskString(s.Key, s.Granularity)
 			}
 		}
 		if s.OnePacket {
@@ -412,6 +417,16 @@ func persistSeconds(timeout string) string {
 		return strconv.FormatInt(int64(d/time.Second), 10)
 	}
 	return timeout
+}
+
+// maskString shows a persistence granularity as ipvsadm does: a netmask for
+// IPv4 services, a prefix length for IPv6 ones.
+func maskString(key string, bits int) string {
+	if strings.Contains(key, "[") || strings.HasSuffix(key, "/ipv6") {
+		return "/" + strconv.Itoa(bits)
+	}
+	m := net.CIDRMask(bits, 32)
+	return net.IP(m).String()
 }
 
 // ipvsadmKey renders "tcp:198.18.1.63:0" as ipvsadm does: "TCP  198.18.1.63:0".

@@ -221,3 +221,20 @@ func TestURLNeedsToken(t *testing.T) {
 		t.Fatalf("exit %d stderr %q", code, errb.String())
 	}
 }
+
+func TestMaskString(t *testing.T) {
+	for _, tc := range []struct {
+		key  string
+		bits int
+		want string
+	}{
+		{"tcp:198.18.1.63:0", 24, "255.255.255.0"},
+		{"fwm:8/ipv4", 16, "255.255.0.0"},
+		{"tcp:[2001:db8::1]:80", 64, "/64"},
+		{"fwm:8/ipv6", 48, "/48"},
+	} {
+		if got := maskString(tc.key, tc.bits); got != tc.want {
+			t.Errorf("maskString(%q, %d) = %q, want %q", tc.key, tc.bits, got, tc.want)
+		}
+	}
+}

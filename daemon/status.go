@@ -130,7 +130,13 @@ func (e *engine) serviceStatus(s *config.Service) api.Service {
 	}
 	if s.Persistent() {
 		out.Timeout = s.Persistence.String()
-		out.Granularity = s.PersistenceBits
+		full := 32
+		if s.Family == config.IPv6 {
+			full = 128
+		}
+		if s.PersistenceBits != full {
+			out.Granularity = s.PersistenceBits // only a grain coarser than one client is worth showing
+		}
 	}
 	out.Backends = e.backendsOf(s)
 	return out

@@ -595,6 +595,26 @@ func (e *engine) alive(now time.Time) map[string]bool {
 	return out
 }
 
+// heardAll reports whether every expected peer is alive. The start hold only
+// exists to learn who is alive and what they claim before claiming anything;
+// once every peer has been heard, waiting longer would only leave a group
+// that a peer just handed over without an owner.
+func (e *engine) heardAll() bool {
+	c := e.n.spec.Cluster
+	if c == nil {
+		return true
+	}
+	if len(c.Members) > 0 {
+		for _, m := range c.Members {
+			if m != e.n.spec.Node.Name && !e.aliveSet[m] {
+				return false
+			}
+		}
+		return true
+	}
+	return len(c.Peers) > 0 && len(e.aliveSet) >= len(c.Peers)
+}
+
 // expired reports whether the set of alive peers changed, the start hold
 // ended, or a preempt delay ran out since the last evaluation.
 func (e *engine) expired(now time.Time) bool {
@@ -651,7 +671,7 @@ func (e *engine) evaluate(now time.Time) {
 		}
 	}
 	e.aliveSet = alive
-	e.starting = e.hold > 0 && now.Sub(e.started) < e.hold
+	e.starting = e.hold > 0 && now.Sub(e.started) < e.hold && !e.heardAll()
 	in := ElectionInput{Self: n.spec.Node.Name, Now: now, Alive: map[string]map[string]GroupView{},
 		Starting: e.starting}
 	if c := n.spec.Cluster; c != nil {

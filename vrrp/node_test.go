@@ -116,3 +116,28 @@ func TestStandaloneNodeLifecycle(t *testing.T) {
 		t.Fatalf("notify scripts ran as:\n%s", got)
 	}
 }
+
+func TestStartHoldEndsOnceEveryPeerIsHeard(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cluster *ClusterSpec
+		alive   []string
+		want    bool
+	}{
+		{"standalone", nil, nil, true},
+		{"members all heard", &ClusterSpec{Members: []string{"a", "b", "w"}}, []string{"b", "w"}, true},
+		{"a member missing", &ClusterSpec{Members: []string{"a", "b", "w"}}, []string{"b"}, false},
+		{"peers by address all heard", &ClusterSpec{Peers: []string{"198.18.0.12:7946"}}, []string{"b"}, true},
+		{"peers by address none heard", &ClusterSpec{Peers: []string{"198.18.0.12:7946"}}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := &engine{n: &Node{spec: Spec{Node: NodeSpec{Name: "a"}, Cluster: tc.cluster}}, aliveSet: map[string]bool{}}
+			for _, p := range tc.alive {
+				e.aliveSet[p] = true
+			}
+			if got := e.heardAll(); got != tc.want {
+				t.Fatalf("heardAll = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
