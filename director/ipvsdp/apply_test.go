@@ -85,3 +85,58 @@ func TestApplyChunksAndMapsErrors(t *testing.T) {
 		t.Errorf("no ops: %v, %d calls", errs, len(f.calls))
 	}
 }
+
+// syncFake keeps a daemon list like the kernel.
+type syncFake struct {
+	fakeClient
+	running []ipvsnl.SyncDaemon
+	stops   []time.Time
+}
+
+func (f *syncFake) Daemons(context.Context) ([]ipvsnl.SyncDaemon, error) {
+	return append([]ipvsnl.SyncDaemon(nil), f.running...), nil
+}
+
+func (f *syncFake) StartDaemon(_ context.Context, d ipvsnl.SyncDaemon) error {
+	f.running = append(f.running, d)
+	return nil
+}
+
+func (f *syncFake) StopDaemon(_ context.Context, s ipvsnl.DaemonState) error {
+	f.stops = append(f.stops, time.Now())
+	for i, d := range f.running {
+		if d.State == s {
+			f.running = append(f.running[:i], f.running[i+1:]...)
+			return nil
+		}
+	}
+	return &ipvsnl.KernelError{Errno: unix.ESRCH}
+}
+
+func TestSetSyncSettlesBeforeStopping(t *testing.T) {
+	f := &syncFake{}
+	dp := &Dataplane{log: slog.New(slog.DiscardHandler), writer: f, reader: f, syncStarted: map[ipvsnl.DaemonState]time.Time{}}
+	master := SyncDaemon{State: SyncMaster, Interface: "eth0", SyncID: 1}
+	start := time.Now()
+	if err := dp.SetSync(context.Background(), []SyncDaemon{master}); err != nil {
+		t.Fatal(err)
+	}
+	// A stop right away is held back until the daemon has run syncSettle.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := dp.SetSync(ctx, nil); !errors.Is(err, context.Canceled) || len(f.stops) != 0 {
+		t.Fatalf("cancelled early stop: %v, %d stops", err, len(f.stops))
+	}
+	if err := dp.SetSync(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.stops) != 1 || f.stops[0].Sub(start) < syncSettle || len(f.running) != 0 {
+		t.Fatalf("stops %v (started %v), running %v", f.stops, start, f.running)
+	}
+	// A daemon this Dataplane did not start is stopped at once.
+	f.running = []ipvsnl.SyncDaemon{{State: SyncBackup, Interface: "eth0"}}
+	t0 := time.Now()
+	if err := dp.SetSync(context.Background(), nil); err != nil || time.Since(t0) > syncSettle/2 || len(f.running) != 0 {
+		t.Fatalf("foreign backup: %v after %s, running %v", err, time.Since(t0), f.running)
+	}
+}

@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/lvsd/lvsd/director"
 	"github.com/lvsd/lvsd/ipvsnl"
@@ -35,6 +37,9 @@ type Dataplane struct {
 	log    *slog.Logger
 	writer client
 	reader client
+
+	syncMu      sync.Mutex
+	syncStarted map[ipvsnl.DaemonState]time.Time // by SetSync, see syncSettle
 }
 
 // client is what the Dataplane uses of an ipvsnl.Client.
@@ -95,7 +100,7 @@ func Open(ctx context.Context, opts ...Option) (*Dataplane, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("ipvsdp: %w", err)
 	}
-	return &Dataplane{log: log, writer: w, reader: r}, nil
+	return &Dataplane{log: log, writer: w, reader: r, syncStarted: map[ipvsnl.DaemonState]time.Time{}}, nil
 }
 
 // Close releases both sockets.

@@ -3,6 +3,7 @@ package ipvsdp
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/lvsd/lvsd/ipvsnl"
 )
@@ -85,6 +86,9 @@ func (d *Dataplane) SetSync(ctx context.Context, want []SyncDaemon) error {
 		return fmt.Errorf("ipvsdp: %w", err)
 	}
 	for _, s := range stop {
+		if err := d.settleSync(ctx, s); err != nil {
+			return fmt.Errorf("ipvsdp: stopping %s sync daemon: %w", s, err)
+		}
 		if err := d.writer.StopDaemon(ctx, s); err != nil {
 			return fmt.Errorf("ipvsdp: %w", err)
 		}
@@ -94,9 +98,38 @@ func (d *Dataplane) SetSync(ctx context.Context, want []SyncDaemon) error {
 		if err := d.writer.StartDaemon(ctx, s); err != nil {
 			return fmt.Errorf("ipvsdp: %w", err)
 		}
+		d.syncMu.Lock()
+		d.syncStarted[s.State] = time.Now()
+		d.syncMu.Unlock()
 		d.log.Info("ipvsdp: started sync daemon", "role", s.State, "interface", s.Interface, "syncid", s.SyncID)
 	}
 	return nil
+}
+
+// syncSettle is how long a sync daemon this Dataplane started runs before
+// SetSync stops it. In the lab VM (Linux 6.1), stopping a master within a
+// millisecond of starting it, before its thread had logged its start, hung
+// the stop request for minutes (2 of about 15 runs on a loaded host; never
+// with a pause). The pause costs nothing in normal operation, where roles
+// change at failover pace.
+const syncSettle = time.Second
+
+func (d *Dataplane) settleSync(ctx context.Context, role ipvsnl.DaemonState) error {
+	d.syncMu.Lock()
+	started := d.syncStarted[role]
+	d.syncMu.Unlock()
+	wait := syncSettle - time.Since(started)
+	if started.IsZero() || wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // syncPlan decides which daemons to stop and start to go from running to

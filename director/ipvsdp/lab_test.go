@@ -342,8 +342,13 @@ func TestLabSetSync(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].SyncID != 4 {
 		t.Fatalf("after changing syncid: %+v, %v", got, err)
 	}
-	if err := dp.SetSync(ctx, nil); err != nil {
-		t.Fatal(err)
+	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
+	defer scancel()
+	if err := dp.SetSync(sctx, nil); err != nil {
+		// Evidence for the hang syncSettle works around: the kernel's log of
+		// sync threads and every task's state.
+		out, _ := h.Run(ctx, "sh", "-c", "dmesg | grep IPVS | tail -8; ps -eLo pid,lwp,stat,wchan:32,comm | grep -v ' I '")
+		t.Fatalf("stopping the sync daemons: %v\n%s", err, out)
 	}
 	if ds := daemons(); len(ds) != 0 {
 		t.Fatalf("after stopping all: %+v", ds)
