@@ -142,7 +142,10 @@ func (c *Client) StartDaemon(ctx context.Context, d SyncDaemon) error {
 }
 
 // StopDaemon stops the sync daemon in the given role; stopping one that is
-// not running is an error wrapping ESRCH.
+// not running is an error wrapping ESRCH. In the lab VM (Linux 6.1, loaded
+// host) a stop sent within milliseconds of the start hung for minutes: give
+// the request a deadline, or let the daemon run a moment first (ipvsdp's
+// SetSync waits 1 s).
 func (c *Client) StopDaemon(ctx context.Context, state DaemonState) error {
 	payload, err := encodeDaemonStop(state)
 	if err != nil {
