@@ -46,7 +46,7 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 	index := make([]int, 0, cap(batch))
 	// Requests are appended to one buffer; each message's Data is a
 	// capped slice of it, so later appends never touch earlier requests.
-	buf := make([]byte, 0, maxBatchBytes)
+	buf := make([]byte, 0, c.batchBytes)
 	for i := 0; i < len(ops); {
 		if err := ctx.Err(); err != nil {
 			for ; i < len(ops); i++ {
@@ -71,7 +71,7 @@ func (c *Client) Apply(ctx context.Context, ops []Op) []error {
 				continue
 			}
 			n := nlmsgHdrLen + len(w.b) - start
-			if len(batch) > 0 && size+n > maxBatchBytes {
+			if len(batch) > 0 && size+n > c.batchBytes {
 				break // op i starts the next batch
 			}
 			buf = w.b

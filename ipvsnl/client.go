@@ -77,13 +77,14 @@ type Client struct {
 	// dial opens a fresh socket; it replaces one left with unread replies.
 	dial func() (*netlink.Conn, error)
 
-	mu        sync.Mutex
-	conn      *netlink.Conn
-	closed    bool
-	dirty     bool // replies of an interrupted exchange may still be queued
-	seq       uint32
-	batchSize int
-	ackEach   bool
+	mu         sync.Mutex
+	conn       *netlink.Conn
+	closed     bool
+	dirty      bool // replies of an interrupted exchange may still be queued
+	seq        uint32
+	batchSize  int
+	batchBytes int // bound of one sendmsg, within the send buffer
+	ackEach    bool
 }
 
 // Open opens a client, loading the ip_vs module if the IPVS family is
@@ -144,7 +145,7 @@ func newClient(conn *netlink.Conn, family uint16, batch int, log *slog.Logger) *
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{log: log, family: family, conn: conn, batchSize: batch, seq: 1}
+	return &Client{log: log, family: family, conn: conn, batchSize: batch, batchBytes: maxBatchBytes, seq: 1}
 }
 
 func closeFile(f *os.File) {
@@ -220,15 +221,18 @@ func tuneSocket(conn *netlink.Conn, log *slog.Logger) {
 	}
 }
 
-// fitBatchToBuffer bounds the batch so its acks fit the receive buffer.
+// fitBatchToBuffer bounds a batch so that its replies fit the receive
+// buffer even if every request fails, and its bytes the send buffer (the
+// kernel refuses a datagram larger than that).
 func (c *Client) fitBatchToBuffer() {
-	n, err := c.conn.ReadBuffer()
-	if err != nil || n <= 0 {
-		return
+	if n, err := c.conn.ReadBuffer(); err == nil && n > 0 {
+		if limit := max(n/ackBudget, minBatchSize); c.batchSize > limit {
+			c.log.Warn("ipvsnl: batch size limited by the socket receive buffer", "requested", c.batchSize, "limit", limit, "rcvbuf", n)
+			c.batchSize = limit
+		}
 	}
-	if limit := max(n/ackBudget, minBatchSize); c.batchSize > limit {
-		c.log.Warn("ipvsnl: batch size limited by the socket receive buffer", "requested", c.batchSize, "limit", limit, "rcvbuf", n)
-		c.batchSize = limit
+	if n, err := c.conn.WriteBuffer(); err == nil && n > 0 {
+		c.batchBytes = min(maxBatchBytes, n/2)
 	}
 }
 
