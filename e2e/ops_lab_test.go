@@ -206,7 +206,11 @@ func TestOpsLvsctl(t *testing.T) {
 					ctlJSON(t, d, &b, append([]string{"backend"}, args...)...)
 				} else {
 					out := d.mustCtl(append([]string{"backend"}, args...)...)
-					mustMatch(t, out, `^`+args[0]+`: web/\S+ admin=\S+ weight=-?\d+ health=\S*`)
+					if args[0] == "remove" {
+						mustMatch(t, out, `^remove: web/\S+ removed\s*$`)
+					} else {
+						mustMatch(t, out, `^`+args[0]+`: web/\S+ admin=\S+ weight=-?\d+ health=\S+`)
+					}
 				}
 				return b
 			}
