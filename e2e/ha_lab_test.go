@@ -5,15 +5,11 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/moby/ipvs"
-	"golang.org/x/sys/unix"
 
 	"github.com/lvsd/lvsd/api"
 	"github.com/lvsd/lvsd/lab/topo"
@@ -300,7 +296,7 @@ func TestHADrainOnStandby(t *testing.T) {
 	// costs 100 ms to seconds in the slow, shared VM, so the time is taken
 	// with a netlink read of the same table every 5 ms; ipvsadm -Ln then
 	// confirms it.
-	probe := newWeightProbe(t, l.dirA)
+	probe := newIPVSProbe(t, l.dirA, haVIP, 0)
 	start := time.Now()
 	out := l.b.mustCtl("backend", "drain", haService, addr)
 	ctlTook := time.Since(start)
@@ -356,7 +352,7 @@ func TestHADrainOnStandby(t *testing.T) {
 	}
 
 	// Undrain on the owner reaches the standby.
-	probeB := newWeightProbe(t, l.dirB)
+	probeB := newIPVSProbe(t, l.dirB, haVIP, 0)
 	start = time.Now()
 	l.a.mustCtl("backend", "undrain", haService, addr)
 	eventually(t, 30*time.Second, "undrain on the owner reaches the standby", func() bool {
@@ -370,41 +366,6 @@ func TestHADrainOnStandby(t *testing.T) {
 		t.Fatalf("owner's weight of %s is %d after undrain, want 1", addr, w)
 	}
 	hc.echo("at the end")
-}
-
-// weightProbe reads destination weights of the web service straight from
-// a host's IPVS over netlink: milliseconds, where an ipvsadm exec in the
-// VM costs 100 ms or more.
-type weightProbe struct {
-	t *testing.T
-	h *ipvs.Handle
-}
-
-func newWeightProbe(t *testing.T, h *topo.Host) *weightProbe {
-	t.Helper()
-	ih, err := ipvs.New(h.NetnsPath())
-	if err != nil {
-		t.Fatalf("netlink IPVS handle in %s: %v", h.Name(), err)
-	}
-	t.Cleanup(ih.Close)
-	return &weightProbe{t: t, h: ih}
-}
-
-// weight is addr's weight under the VIP's port-0 TCP service, -1 when
-// absent.
-func (p *weightProbe) weight(addr string) int {
-	p.t.Helper()
-	svc := &ipvs.Service{AddressFamily: unix.AF_INET, Protocol: unix.IPPROTO_TCP, Address: net.ParseIP(haVIP).To4(), Port: 0}
-	dests, err := p.h.GetDestinations(svc)
-	if err != nil {
-		p.t.Fatalf("read IPVS destinations: %v", err)
-	}
-	for _, d := range dests {
-		if d.Address.Equal(net.ParseIP(addr)) {
-			return d.Weight
-		}
-	}
-	return -1
 }
 
 // backendOf finds a backend in a status.

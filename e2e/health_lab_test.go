@@ -18,9 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/ipvs"
-	"golang.org/x/sys/unix"
-
 	"github.com/lvsd/lvsd/api"
 	"github.com/lvsd/lvsd/lab/topo"
 )
@@ -56,7 +53,7 @@ type healthLab struct {
 	dir      *topo.Host
 	rs1, rs2 *backendServer
 	lvsd     *lvsd
-	probe    *destProbe
+	probe    *ipvsProbe
 	unused   []string // client addresses not used yet
 }
 
@@ -112,7 +109,7 @@ func newHealthLab(t *testing.T, onFailure string) *healthLab {
 	l.lvsd = newLVSD(t, l.dir, "dir")
 	l.lvsd.writeConfig("eth0", healthConfig(onFailure))
 	l.lvsd.start()
-	l.probe = newDestProbe(t, l.dir)
+	l.probe = newIPVSProbe(t, l.dir, healthVIP, 80) // healthPort
 	eventually(t, 30*time.Second, "both real servers in IPVS with weight 1", func() bool {
 		return l.probe.weight(healthRS1) == 1 && l.probe.weight(healthRS2) == 1
 	})
@@ -493,53 +490,6 @@ func healthDestWeight(out, addr string) int {
 		}
 	}
 	return -1
-}
-
-// destProbe reads the web service's destination weights from a host's
-// IPVS over netlink: milliseconds, where ipvsadm costs 100 ms or more.
-type destProbe struct {
-	t *testing.T
-	h *ipvs.Handle
-}
-
-func newDestProbe(t *testing.T, h *topo.Host) *destProbe {
-	t.Helper()
-	ih, err := ipvs.New(h.NetnsPath())
-	if err != nil {
-		t.Fatalf("netlink IPVS handle in %s: %v", h.Name(), err)
-	}
-	t.Cleanup(ih.Close)
-	return &destProbe{t: t, h: ih}
-}
-
-// weight is addr's weight under VIP:80, -1 when absent.
-func (p *destProbe) weight(addr string) int {
-	p.t.Helper()
-	port, _ := strconv.Atoi(healthPort)
-	svc := &ipvs.Service{AddressFamily: unix.AF_INET, Protocol: unix.IPPROTO_TCP, Address: net.ParseIP(healthVIP).To4(), Port: uint16(port)}
-	dests, err := p.h.GetDestinations(svc)
-	if err != nil {
-		p.t.Fatalf("read IPVS destinations: %v", err)
-	}
-	for _, d := range dests {
-		if d.Address.Equal(net.ParseIP(addr)) {
-			return d.Weight
-		}
-	}
-	return -1
-}
-
-// wait polls cond every 5 ms and returns how long it took to hold.
-func (p *destProbe) wait(timeout time.Duration, what string, cond func() bool) time.Duration {
-	p.t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			p.t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 // backendServer is a real server's identify service (its name, then an
