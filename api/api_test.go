@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +62,11 @@ func (f *fakeController) GroupAction(ctx context.Context, action, group string) 
 func (f *fakeController) Reload(ctx context.Context) (CheckResult, error) {
 	f.record("reload")
 	return CheckResult{OK: false, Config: "/etc/lvsd/lvsd.toml", Errors: []string{"lvsd.toml:3:1: bad"}}, nil
+}
+
+func (f *fakeController) Connections(ctx context.Context, client netip.Addr, limit int) ([]Conn, error) {
+	f.record(fmt.Sprintf("conns %v %d", client, limit))
+	return []Conn{{Client: "198.18.0.10:0", Backend: "198.18.1.66:0", Template: true}}, nil
 }
 
 func (f *fakeController) CheckConfig(ctx context.Context) (CheckResult, error) {
@@ -125,6 +131,10 @@ func TestUnixSocketRoundTrip(t *testing.T) {
 	if err != nil || !res.OK {
 		t.Fatalf("check = %+v, %v", res, err)
 	}
+	conns, err := c.Connections(ctx, netip.MustParseAddr("198.18.0.10"), 10)
+	if err != nil || len(conns) != 1 || !conns[0].Template {
+		t.Fatalf("connections = %+v, %v", conns, err)
+	}
 	ev, err := c.Events(ctx, time.Time{}, 5)
 	if err != nil || len(ev) != 1 || ev[0].Reason != "connect refused" {
 		t.Fatalf("events = %+v, %v", ev, err)
@@ -144,6 +154,8 @@ func TestBadRequestsReachNoController(t *testing.T) {
 		{"POST", "/v1/group/teleport", `{"group":"web"}`, "unknown group action"},
 		{"GET", "/v1/events?limit=0", ``, "bad limit"},
 		{"GET", "/v1/events?since=yesterday", ``, "bad since"},
+		{"GET", "/v1/connections?client=nobody", ``, "bad client"},
+		{"GET", "/v1/connections?limit=-1", ``, "bad limit"},
 	} {
 		req, _ := http.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
 		rec := httptest.NewRecorder()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -58,6 +59,20 @@ func (c *Client) Events(ctx context.Context, since time.Time, limit int) ([]Even
 	}
 	var ev []Event
 	return ev, c.do(ctx, http.MethodGet, "/v1/events?"+q.Encode(), nil, &ev)
+}
+
+// Connections lists IPVS connections and persistence templates, of one
+// client when client is valid.
+func (c *Client) Connections(ctx context.Context, client netip.Addr, limit int) ([]Conn, error) {
+	q := url.Values{}
+	if client.IsValid() {
+		q.Set("client", client.String())
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out []Conn
+	return out, c.do(ctx, http.MethodGet, "/v1/connections?"+q.Encode(), nil, &out)
 }
 
 // Backend runs a backend action.

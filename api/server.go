@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +30,9 @@ type Controller interface {
 	GroupAction(ctx context.Context, action string, group string) (Group, error)
 	Reload(ctx context.Context) (CheckResult, error)
 	CheckConfig(ctx context.Context) (CheckResult, error)
+	// Connections lists IPVS connection entries and persistence templates,
+	// of one client when client is valid.
+	Connections(ctx context.Context, client netip.Addr, limit int) ([]Conn, error)
 }
 
 // Error is an error the operator can act on; Controller methods return it for
@@ -81,6 +85,7 @@ func NewServer(ctl Controller, log *slog.Logger, token []byte) *Server {
 	s.mux.HandleFunc("GET /v1/events", s.events)
 	s.mux.HandleFunc("POST /v1/backend/{action}", s.backend)
 	s.mux.HandleFunc("POST /v1/group/{action}", s.group)
+	s.mux.HandleFunc("GET /v1/connections", s.connections)
 	s.mux.HandleFunc("POST /v1/reload", s.reload)
 	s.mux.HandleFunc("POST /v1/check-config", s.checkConfig)
 	return s
@@ -242,6 +247,30 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 	ev, err := s.ctl.Events(r.Context(), since, limit)
 	s.reply(w, r, ev, err)
+}
+
+func (s *Server) connections(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var client netip.Addr
+	if v := q.Get("client"); v != "" {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			writeError(w, BadRequest("give the client's IP address, e.g. 198.18.0.10", "bad client %q", v))
+			return
+		}
+		client = a.Unmap()
+	}
+	limit := 1000
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000000 {
+			writeError(w, BadRequest("use a number from 1 to 1000000", "bad limit %q", v))
+			return
+		}
+		limit = n
+	}
+	conns, err := s.ctl.Connections(r.Context(), client, limit)
+	s.reply(w, r, conns, err)
 }
 
 func (s *Server) backend(w http.ResponseWriter, r *http.Request) {

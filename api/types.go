@@ -115,3 +115,17 @@ type ErrorBody struct {
 	Error string `json:"error"`
 	Hint  string `json:"hint,omitempty"`
 }
+
+// Conn is one entry of the kernel's IPVS connection table.
+type Conn struct {
+	Service  string  `json:"service,omitempty"` // lvsd's service, "" for others
+	Protocol string  `json:"protocol"`
+	Client   string  `json:"client"`
+	Virtual  string  `json:"virtual"`
+	Backend  string  `json:"backend"`
+	State    string  `json:"state"`
+	Expires  float64 `json:"expires_seconds"`
+	// Template marks a persistence template: the entry that sends every new
+	// connection of Client to Backend until it expires.
+	Template bool `json:"template,omitempty"`
+}

@@ -26,6 +26,7 @@ const usage = `usage: lvsctl [--socket PATH | --url URL --token-file FILE] [--js
 Commands:
   status                                   members, VIP groups and services (ipvsadm -Ln style)
   events [--since 10m|TIME] [--limit N]    recent transitions
+  conns [--client IP] [--limit N]          IPVS connections and persistence templates: why a client lands where it does
   backend drain|undrain SERVICE BACKEND    weight 0: connections stay, new clients avoid it
   backend disable|enable SERVICE BACKEND   take a backend out of IPVS / put it back
   backend add SERVICE ADDRESS[:PORT] [--weight N]
@@ -128,6 +129,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.print(st, func(w io.Writer) { printStatus(w, st) })
 	case "events":
 		return c.events(ctx, rest)
+	case "conns":
+		return c.conns(ctx, rest)
 	case "backend":
 		return c.backend(ctx, rest)
 	case "failover", "demote", "promote", "clear":
@@ -208,6 +211,54 @@ func (c *cli) events(ctx context.Context, args []string) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Kind, e.Subject, change, e.Reason)
 		}
 		tw.Flush()
+	})
+}
+
+func (c *cli) conns(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("conns", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	clientArg := fs.String("client", "", "only this client's entries (IP address)")
+	limit := fs.Int("limit", 1000, "at most this many entries")
+	if err := fs.Parse(args); err != nil {
+		return usagef("conns: %v", err)
+	}
+	if fs.NArg() != 0 {
+		return usagef("conns takes no positional arguments")
+	}
+	if *limit < 1 || *limit > 1000000 {
+		return usagef("conns: --limit must be 1..1000000, got %d", *limit)
+	}
+	var client netip.Addr
+	if *clientArg != "" {
+		a, err := netip.ParseAddr(*clientArg)
+		if err != nil {
+			return usagef("conns: --client %q is not an IP address", *clientArg)
+		}
+		client = a
+	}
+	conns, err := c.client.Connections(ctx, client, *limit)
+	if err != nil {
+		return err
+	}
+	return c.print(conns, func(w io.Writer) {
+		for _, x := range conns {
+			if x.Template && client.IsValid() {
+				fmt.Fprintf(w, "%s sticks to %s through %s: persistence template, %.0fs left\n", x.Client, x.Backend, orDash(x.Service), x.Expires)
+			}
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tPRO\tCLIENT\tVIRTUAL\tBACKEND\tSTATE\tEXPIRES")
+		for _, x := range conns {
+			state := x.State
+			if x.Template {
+				state = "TEMPLATE"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0fs\n", orDash(x.Service), x.Protocol, x.Client, x.Virtual, x.Backend, state, x.Expires)
+		}
+		tw.Flush()
+		if len(conns) == 0 {
+			fmt.Fprintln(w, "no IPVS connections")
+		}
 	})
 }
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,6 +71,14 @@ func (r *recorder) Reload(context.Context) (api.CheckResult, error) {
 	return api.CheckResult{OK: false, Config: "/etc/lvsd/lvsd.toml", Errors: []string{"/etc/lvsd/lvsd.toml:7:11: weight 70000 out of range 0..65535"}}, nil
 }
 
+func (r *recorder) Connections(_ context.Context, client netip.Addr, limit int) ([]api.Conn, error) {
+	r.add(fmt.Sprintf("conns %v %d", client, limit))
+	return []api.Conn{
+		{Service: "web-pcc", Protocol: "TCP", Client: "198.18.0.10:0", Virtual: "198.18.1.63:0", Backend: "198.18.1.66:0", State: "NONE", Expires: 487, Template: true},
+		{Service: "web-pcc", Protocol: "TCP", Client: "198.18.0.10:55731", Virtual: "198.18.1.63:80", Backend: "198.18.1.66:80", State: "ESTABLISHED", Expires: 898},
+	}, nil
+}
+
 func (r *recorder) CheckConfig(context.Context) (api.CheckResult, error) {
 	r.add("check-config")
 	return api.CheckResult{OK: true, Config: "/etc/lvsd/lvsd.toml"}, nil
@@ -121,6 +131,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"demote", "web"}, []string{"demote"}, "demote web"},
 		{[]string{"promote", "web"}, []string{"promote"}, "promote web"},
 		{[]string{"check-config"}, []string{"is valid"}, "check-config"},
+		{[]string{"conns", "--client", "198.18.0.10"}, []string{"198.18.0.10:0 sticks to 198.18.1.66:0 through web-pcc: persistence template, 487s left", "TEMPLATE", "ESTABLISHED"}, "conns 198.18.0.10 1000"},
 	} {
 		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
 			before := len(rec.calls)
@@ -189,6 +200,8 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"failover"}, 2, "failover takes one VIP group name", false},
 		{[]string{"events", "--since", "yesterday"}, 2, "neither a duration", false},
 		{[]string{"events", "--limit", "0"}, 2, "--limit must be 1..10000", false},
+		{[]string{"conns", "--client", "nobody"}, 2, `--client "nobody" is not an IP address`, false},
+		{[]string{"conns", "extra"}, 2, "conns takes no positional arguments", false},
 		{[]string{"backend", "drain", "nope", "198.18.1.65"}, 1, `unknown service "nope"`, true},
 		{[]string{"failover", "nope"}, 1, `unknown VIP group "nope"`, true},
 	} {

@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/lvsd/lvsd/api"
 	"github.com/lvsd/lvsd/config"
+	"github.com/lvsd/lvsd/ipvsconn"
 	"github.com/lvsd/lvsd/opstate"
 	"github.com/lvsd/lvsd/vrrp"
 )
@@ -65,6 +67,63 @@ func (c controller) GroupAction(ctx context.Context, action, group string) (api.
 		}
 	})
 	return g, err
+}
+
+func (c controller) Connections(ctx context.Context, client netip.Addr, limit int) ([]api.Conn, error) {
+	return c.e.connections(ctx, client, limit)
+}
+
+// connections reads the kernel's connection table (off the loop: it can
+// hold millions of entries) and names the lvsd service of each entry.
+func (e *engine) connections(ctx context.Context, client netip.Addr, limit int) ([]api.Conn, error) {
+	var byVIP map[netip.AddrPort]string
+	var byMark map[uint32]string
+	witness := e.opts.Witness
+	if err := e.do(ctx, func() {
+		byVIP, byMark = map[netip.AddrPort]string{}, map[uint32]string{}
+		for _, s := range e.cfg.Services {
+			if s.FWMark != 0 {
+				byMark[s.FWMark] = s.Name
+			} else {
+				byVIP[netip.AddrPortFrom(s.Address, s.Port)] = s.Name
+			}
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if witness {
+		return nil, api.BadRequest("run it on a director", "a witness has no connections")
+	}
+	path := e.opts.ConnTable
+	if path == "" {
+		path = ipvsconn.DefaultPath
+	}
+	n := 0
+	conns, err := ipvsconn.Read(path, func(c ipvsconn.Conn) bool {
+		if n >= limit || client.IsValid() && c.Client.Addr() != client {
+			return false
+		}
+		n++
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Conn, 0, len(conns))
+	for _, c := range conns {
+		name := byVIP[c.Virtual]
+		if name == "" {
+			name = byVIP[netip.AddrPortFrom(c.Virtual.Addr(), 0)] // a port-0 (PCC) service
+		}
+		if name == "" && c.Protocol == "IP" {
+			// A fwmark template holds the mark in its address's first 32 bits.
+			a := c.Virtual.Addr().AsSlice()
+			name = byMark[binary.BigEndian.Uint32(a[:4])]
+		}
+		out = append(out, api.Conn{Service: name, Protocol: c.Protocol, Client: c.Client.String(), Virtual: c.Virtual.String(),
+			Backend: c.Dest.String(), State: c.State, Expires: c.Expires.Seconds(), Template: c.Template()})
+	}
+	return out, nil
 }
 
 // backendAction applies an operator action to one backend: it becomes a

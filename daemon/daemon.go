@@ -42,6 +42,9 @@ type Options struct {
 	// OpenKernel opens IPVS; default ipvsdp.Open in the current network
 	// namespace. Tests substitute an in-memory table.
 	OpenKernel func(ctx context.Context, log *slog.Logger) (Kernel, error)
+	// ConnTable is the kernel's IPVS connection table; default
+	// ipvsconn.DefaultPath (this network namespace's).
+	ConnTable string
 }
 
 // Kernel is what lvsd needs of the kernel's IPVS: the director's dataplane

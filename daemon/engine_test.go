@@ -256,6 +256,7 @@ func startRig(t *testing.T, dir string, kern *fakeKernel, body string) *rig {
 		r.done <- Run(ctx, Options{
 			ConfigPath: filepath.Join(dir, "lvsd.toml"), Log: log, Reload: r.reload,
 			OpenKernel: func(context.Context, *slog.Logger) (Kernel, error) { return kern, nil },
+			ConnTable:  filepath.Join(dir, "ip_vs_conn"),
 		})
 	}()
 	r.client = api.NewUnixClient(filepath.Join(dir, "lvsd.sock"))
@@ -376,6 +377,28 @@ func TestEngineEndToEndWithFakeKernel(t *testing.T) {
 			if !strings.Contains(string(body), want) {
 				t.Errorf("metrics lack %s", want)
 			}
+		}
+	})
+
+	t.Run("connections", func(t *testing.T) {
+		// 198.18.0.10 holds a template to .65 on the web service (VIP:80).
+		table := "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n" +
+			"TCP C612000A 0000 C612013F 0050 C6120141 0050 NONE            300\n" +
+			"TCP C612000A D9B3 C612013F 0050 C6120141 0050 ESTABLISHED     898\n" +
+			"TCP C612000B D9B4 C612013F 0050 C6120142 0050 ESTABLISHED     898\n"
+		if err := os.WriteFile(filepath.Join(dir, "ip_vs_conn"), []byte(table), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		conns, err := r.client.Connections(ctx, netip.MustParseAddr("198.18.0.10"), 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(conns) != 2 || !conns[0].Template || conns[0].Service != "web" || conns[0].Backend != "198.18.1.65:80" || conns[1].Template {
+			t.Fatalf("connections of 198.18.0.10 = %+v", conns)
+		}
+		all, err := r.client.Connections(ctx, netip.Addr{}, 2)
+		if err != nil || len(all) != 2 {
+			t.Fatalf("limit 2: %d entries, %v", len(all), err)
 		}
 	})
 

@@ -282,6 +282,12 @@ forward = "dr"
 		t.Fatalf("client2 moved from %s to %s between ports", second, got)
 	}
 	l.viaDirector(t, l.client, l.client2)
+
+	// Why does the client land there? lvsctl conns shows the template.
+	rsAddr := map[string]string{"rs1": "198.18.0.21", "rs2": "198.18.0.22"}[first]
+	mustMatch(t, l.lvsd.mustCtl("conns", "--client", "198.18.0.10"),
+		`198\.18\.0\.10:0 sticks to `+regexp.QuoteMeta(rsAddr)+`:0 through web-pcc: persistence template, \d+s left`,
+		`web-pcc\s+TCP\s+198\.18\.0\.10:\d+\s+198\.18\.0\.100:(80|22)\s+`+regexp.QuoteMeta(rsAddr)+`:(80|22)\s`)
 }
 
 // TestSeedPPC: the seed's per-port services (-p without a timeout: 360 s),

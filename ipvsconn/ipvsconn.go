@@ -24,7 +24,7 @@ type Conn struct {
 	Client   netip.AddrPort // port 0 in templates
 	Virtual  netip.AddrPort // a fwmark service's templates carry the mark as 0.0.0.MARK
 	Dest     netip.AddrPort
-	State    string // TCP state, or NONE for templates and UDP
+	State    string // as the kernel names it (ESTABLISHED, FIN_WAIT, ASSURED for templates, ...)
 	Expires  time.Duration
 	PEName   string // persistence engine, e.g. "sip"
 	PEData   string
@@ -33,8 +33,9 @@ type Conn struct {
 // Template reports whether the entry is a persistence template: the record
 // that sends every new connection of the client to Dest until it expires.
 // The kernel does not print its template flag; templates are the entries
-// with no client port and no state (and protocol "IP" for fwmark services).
-func (c Conn) Template() bool { return c.Protocol == "IP" || c.Client.Port() == 0 && c.State == "NONE" }
+// without a client port (protocol "IP" for fwmark services). Linux 6.1
+// shows a TCP template's state as ASSURED.
+func (c Conn) Template() bool { return c.Protocol == "IP" || c.Client.Port() == 0 }
 
 // Read parses the table at path, keeping the entries keep accepts (nil:
 // all). Filtering while reading keeps memory flat on tables with millions of

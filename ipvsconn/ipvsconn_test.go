@@ -8,10 +8,11 @@ import (
 )
 
 // A table as Linux 6.1 prints it: a TCP connection and the persistence
-// template of a port-0 service, a fwmark template, and an IPv6 entry.
+// template of a port-0 service (state ASSURED, as seen in the lab VM), a
+// fwmark template, an IPv6 entry and one with a persistence engine.
 const sample = `Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
 TCP C612000A D9B3 C6120064 0050 C6120016 0050 ESTABLISHED     898
-TCP C612000A 0000 C6120064 0000 C6120016 0000 NONE            487
+TCP C612000A 0000 C6120064 0000 C6120016 0000 ASSURED         487
 IP  C612000D 0000 00000008 0000 C6120015 0000 NONE            355
 TCP 2001:0db8:0000:0000:0000:0000:0000:000a C350 2001:0db8:0000:0000:0000:0000:0000:0064 0050 2001:0db8:0000:0000:0000:0000:0000:0015 1F90 TIME_WAIT        97
 UDP C612000A 1388 C6120064 13C4 C6120016 13C4 NONE            120 sip 4a2b
