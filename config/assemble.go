@@ -114,6 +114,7 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 	for _, f := range frags {
 		cfg.Services = append(cfg.Services, f.services...)
 	}
+	cfg.loaded = true
 	l.index.update(frags)
 	loadOrder := func(a, b *Service) int {
 		if c := order[a.Pos.File] - order[b.Pos.File]; c != 0 {

@@ -434,6 +434,45 @@ func TestSeedExamples(t *testing.T) {
 	}
 }
 
+// Service looks a name up in the loaded config's own index: each Config
+// answers with its own services across reloads, and a Config built by hand
+// (no index) still answers.
+func TestServiceLookup(t *testing.T) {
+	fsys := newMemFS()
+	fsys.write("/c/main.toml", "include = [\"d/*.toml\"]\n")
+	fsys.write("/c/d/a.toml", serviceFile(0, 3, 1, 1))
+	fsys.write("/c/d/b.toml", serviceFile(1, 3, 1, 1))
+	l := &Loader{fs: fsys, Hostname: func() (string, error) { return "dir-a", nil }}
+	first, err := l.Load("/c/main.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys.write("/c/d/b.toml", serviceFile(1, 3, 1, 5))
+	second, err := l.Load("/c/main.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []*Config{first, second, {Services: first.Services}} {
+		if len(cfg.Services) != 6 {
+			t.Fatalf("%d services, want 6", len(cfg.Services))
+		}
+		for _, s := range cfg.Services {
+			if got := cfg.Service(s.Name); got != s {
+				t.Errorf("Service(%q) = %p, want %p", s.Name, got, s)
+			}
+		}
+		if got := cfg.Service("svc-6"); got != nil {
+			t.Errorf("Service(svc-6) = %v, want nil", got)
+		}
+	}
+	if w := first.Service("svc-4").Backends[0].Weight; w != 1 {
+		t.Errorf("first load's svc-4 has weight %d after the reload, want 1", w)
+	}
+	if w := second.Service("svc-4").Backends[0].Weight; w != 5 {
+		t.Errorf("second load's svc-4 has weight %d, want 5", w)
+	}
+}
+
 // The cross-file index is kept between loads and updated per file: clashes
 // must appear and disappear as files change, on the same Loader.
 func TestLoaderIndexAcrossReloads(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -27,14 +28,33 @@ type Config struct {
 	TrackScripts []*TrackScript
 	VIPGroups    []*VIPGroup
 	Services     []*Service
+
+	// loaded: made by Load, so Services never changes and Service can
+	// index them (on first use, so a reload that needs no lookup pays
+	// nothing). Otherwise Service scans.
+	loaded     bool
+	byNameOnce sync.Once
+	byName     map[string]*Service
 }
 
 // NeedsIPVS reports whether the config needs the kernel's IPVS at all: a
 // config without services (and without connection sync) runs VRRP-only.
 func (c *Config) NeedsIPVS() bool { return len(c.Services) > 0 || c.IPVS.Sync.Enabled }
 
-// Service returns the service with the given name, or nil.
+// Service returns the service with the given name, or nil. It is a map
+// lookup in a loaded Config.
 func (c *Config) Service(name string) *Service {
+	if c.loaded {
+		c.byNameOnce.Do(func() {
+			c.byName = make(map[string]*Service, len(c.Services))
+			for _, s := range c.Services {
+				if _, dup := c.byName[s.Name]; !dup {
+					c.byName[s.Name] = s
+				}
+			}
+		})
+		return c.byName[name]
+	}
 	for _, s := range c.Services {
 		if s.Name == name {
 			return s
