@@ -28,6 +28,9 @@ type Reconciler struct {
 	seq     uint64 // write sequence, to discard kernel reads made stale by writes
 	order   []ServiceKey
 	orderOK bool
+	// ownedGen changes whenever the set of owned keys does (wherever
+	// orderOK is cleared), for OwnedVersion.
+	ownedGen uint64
 	// last holds the entries of the previous Sync in its input order: a
 	// reload usually lists services in the same order, and a positional hit
 	// saves hashing 10,000 keys.
@@ -146,6 +149,24 @@ func (r *Reconciler) Owned() []ServiceKey {
 	return keys
 }
 
+// OwnedVersion changes whenever the set Owned returns changes (and only
+// then, apart from Adopt), so a caller persisting that set can skip sorting
+// and writing 10,000 unchanged keys.
+func (r *Reconciler) OwnedVersion() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ownedGen
+}
+
+// Writes returns the cumulative write counters of Stats without the
+// per-service scan Stats makes for Pending: cheap enough to call after
+// every write.
+func (r *Reconciler) Writes() (ops, failed OpCounts) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats.Ops, r.stats.Failed
+}
+
 // Adopt takes ownership at start-up with one dump of the kernel. Desired
 // services already in the kernel are adopted as they are, so that only what
 // differs is written: never a delete and re-add, never a flush. Services in
@@ -203,6 +224,7 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 	}
 	r.entries = entries
 	r.orderOK = false
+	r.ownedGen++
 	r.seq++ // a resync that read the kernel before this must not judge these entries
 	for _, e := range entries {
 		e.touched = r.seq
@@ -296,6 +318,7 @@ func (r *Reconciler) Sync(ctx context.Context, desired []DesiredService) (Result
 			e = &entry{key: key}
 			r.entries[key] = e
 			r.orderOK = false
+			r.ownedGen++
 			r.last[i] = e
 		}
 		e.seen = gen
@@ -330,6 +353,7 @@ func (r *Reconciler) SyncService(ctx context.Context, d DesiredService) (Result,
 		e = &entry{key: key}
 		r.entries[key] = e
 		r.orderOK = false
+		r.ownedGen++
 	} else if e.inSync && e.want != nil && sameDesired(&d, e.want) {
 		return Result{}, nil
 	}
@@ -616,6 +640,7 @@ func (r *Reconciler) drop(e *entry) {
 	delete(r.entries, e.key)
 	e.dropped = true
 	r.orderOK = false
+	r.ownedGen++
 }
 
 func (r *Reconciler) settle(key ServiceKey, e *entry) {

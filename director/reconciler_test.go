@@ -358,6 +358,70 @@ func TestSyncServiceAndRemoveService(t *testing.T) {
 	}
 }
 
+// OwnedVersion moves exactly when the owned set changes; Writes matches
+// Stats' counters.
+func TestOwnedVersionAndWrites(t *testing.T) {
+	ctx := context.Background()
+	fake := dptest.New()
+	r, _ := newReconciler(t, fake)
+	set := seedSet()
+	v0 := r.OwnedVersion()
+	if _, err := r.Sync(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	v1 := r.OwnedVersion()
+	if v1 == v0 {
+		t.Fatal("services added, version unchanged")
+	}
+	same := func(what string) {
+		t.Helper()
+		if v := r.OwnedVersion(); v != v1 {
+			t.Fatalf("%s changed the version (owned %v)", what, r.Owned())
+		}
+	}
+	changed := func(what string) {
+		t.Helper()
+		if v := r.OwnedVersion(); v == v1 {
+			t.Fatalf("%s left the version unchanged (owned %v)", what, r.Owned())
+		}
+		v1 = r.OwnedVersion()
+	}
+	// Weight changes, resyncs and repeats keep the owned set.
+	w := set[2]
+	w.Destinations = []director.Destination{dest("198.18.1.66", 80, 3)}
+	if _, err := r.SyncService(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	same("a destination change")
+	if _, err := r.Sync(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	same("Sync of the same services")
+	if _, err := r.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	same("Resync in sync")
+	extra := desired(tcpSvc("198.18.1.70", 80), dest("198.18.1.65", 80, 1))
+	if _, err := r.SyncService(ctx, extra); err != nil {
+		t.Fatal(err)
+	}
+	changed("adding a service")
+	if _, err := r.RemoveService(ctx, extra.Service.Key); err != nil {
+		t.Fatal(err)
+	}
+	changed("removing a service")
+	if _, err := r.Sync(ctx, set[1:]); err != nil {
+		t.Fatal(err)
+	}
+	changed("Sync without a service")
+
+	ops, failed := r.Writes()
+	st := r.Stats()
+	if ops != st.Ops || failed != st.Failed || ops.Total() == 0 {
+		t.Fatalf("Writes() = %v, %v; Stats has %v, %v", ops, failed, st.Ops, st.Failed)
+	}
+}
+
 func TestDriftRepairAfterFlush(t *testing.T) {
 	ctx := context.Background()
 	fake := dptest.New()
