@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -87,6 +86,10 @@ type engine struct {
 	inKernel map[string]director.DesiredService // last desired state synced, by service name
 	lastOps  director.OpCounts
 	lastFail director.OpCounts
+	// ownedSaved is the reconciler's OwnedVersion last persisted (valid
+	// when ownedSavedOK): saveOwned skips an unchanged set.
+	ownedSaved   uint64
+	ownedSavedOK bool
 }
 
 // Run runs lvsd until ctx ends, then shuts down gracefully: the VIP is handed
@@ -563,11 +566,11 @@ func (e *engine) countOps() {
 	if e.rec == nil {
 		return
 	}
-	st := e.rec.Stats()
+	ops, failed := e.rec.Writes()
 	for k := director.OpAddService; k <= director.OpDelDest; k++ {
-		e.metrics.AddReconcile(k.String(), int(st.Ops[k]-e.lastOps[k]), int(st.Failed[k]-e.lastFail[k]))
+		e.metrics.AddReconcile(k.String(), int(ops[k]-e.lastOps[k]), int(failed[k]-e.lastFail[k]))
 	}
-	e.lastOps, e.lastFail = st.Ops, st.Failed
+	e.lastOps, e.lastFail = ops, failed
 }
 
 func (e *engine) onHealth(ev healthcheck.Event) {
@@ -641,7 +644,11 @@ func (e *engine) saveOwned() {
 	if e.rec == nil {
 		return
 	}
-	owned := e.rec.Owned()
+	version := e.rec.OwnedVersion()
+	if e.ownedSavedOK && version == e.ownedSaved {
+		return // a reload or resync that added and removed nothing
+	}
+	owned := e.rec.Owned() // sorted, so the file is stable
 	keys := make([]ownedKey, 0, len(owned))
 	for _, k := range owned {
 		ok := ownedKey{Family: uint16(k.Family), Protocol: uint16(k.Protocol), Port: k.Port, FWMark: k.FWMark}
@@ -650,14 +657,16 @@ func (e *engine) saveOwned() {
 		}
 		keys = append(keys, ok)
 	}
-	sort.Slice(keys, func(i, j int) bool { return fmt.Sprint(keys[i]) < fmt.Sprint(keys[j]) })
 	data, _ := json.Marshal(keys)
 	if old, err := os.ReadFile(e.ownedPath()); err == nil && string(old) == string(data) {
+		e.ownedSaved, e.ownedSavedOK = version, true
 		return
 	}
 	if err := atomicfile.Write(e.ownedPath(), data, 0o600); err != nil {
 		e.log.Warn("persist owned IPVS services", "err", err)
+		return
 	}
+	e.ownedSaved, e.ownedSavedOK = version, true
 }
 
 func readToken(path string) ([]byte, error) {

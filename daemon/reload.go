@@ -105,13 +105,22 @@ func (e *engine) apply(cfg *config.Config) []string {
 		return changes
 	}
 
-	oldByName := make(map[string]*config.Service, len(old.Services))
-	for _, s := range old.Services {
-		oldByName[s.Name] = s
+	// The loader shares the services of unchanged files (same pointers)
+	// between loads. Only the others need a look: a reload that changed one
+	// file costs that file's services, not all 10,000. A shared service
+	// cannot have the name or key of an unshared old one (both would have
+	// been in the old config), so names and keys are compared among the
+	// unshared ones only.
+	gone, added := unshared(old.Services, cfg.Services)
+	goneByName := make(map[string]*config.Service, len(gone))
+	for _, s := range gone {
+		goneByName[s.Name] = s
 	}
-	newKeys := make(map[director.ServiceKey]bool, len(cfg.Services))
-	for _, s := range cfg.Services {
-		newKeys[serviceKeyOf(s)] = true
+	addedByName := make(map[string]*config.Service, len(added))
+	addedKeys := make(map[director.ServiceKey]bool, len(added))
+	for _, s := range added {
+		addedByName[s.Name] = s
+		addedKeys[serviceKeyOf(s)] = true
 	}
 	e.cfg = cfg
 	if err := e.ensureDataplane(ctx); err != nil {
@@ -122,8 +131,12 @@ func (e *engine) apply(cfg *config.Config) []string {
 	// Removed services (and services whose virtual address moved) go first,
 	// unless another service now has the same key, which keeps its
 	// connections.
-	for _, s := range old.Services {
-		ns := cfg.Service(s.Name)
+	checksChanged := false
+	for _, s := range gone {
+		ns := addedByName[s.Name]
+		if ns == nil {
+			checksChanged = checksChanged || hasChecks(s)
+		}
 		if ns != nil && serviceKeyOf(ns) == serviceKeyOf(s) {
 			continue
 		}
@@ -133,38 +146,34 @@ func (e *engine) apply(cfg *config.Config) []string {
 			changes = append(changes, "service "+s.Name+" removed")
 		}
 		delete(e.inKernel, s.Name)
-		if e.rec != nil && !newKeys[serviceKeyOf(s)] {
+		if e.rec != nil && !addedKeys[serviceKeyOf(s)] {
 			if _, err := e.rec.RemoveService(ctx, serviceKeyOf(s)); err != nil {
 				e.log.Error("remove service", "service", s.Name, "err", err)
 			}
 		}
 	}
-	checksChanged := false
-	for _, s := range cfg.Services {
-		prev := oldByName[s.Name]
-		if prev == s {
-			continue // same file, unchanged: the loader shares the pointer
-		}
-		switch {
-		case prev == nil:
-			changes = append(changes, "service "+s.Name+" added")
-		default:
-			changes = append(changes, "service "+s.Name+" changed"+backendChanges(prev, s))
-		}
+	for _, s := range added {
+		prev := goneByName[s.Name]
 		e.views[s.Name] = effectiveBackends(s, e.store.ForService(s.Name))
-		checksChanged = true
+		checksChanged = checksChanged || hasChecks(s) || (prev != nil && hasChecks(prev))
 		e.syncService(ctx, s)
 	}
+	for _, s := range added { // described after the writes, which wait for nothing
+		if prev := goneByName[s.Name]; prev != nil {
+			changes = append(changes, "service "+s.Name+" changed"+backendChanges(prev, s))
+		} else {
+			changes = append(changes, "service "+s.Name+" added")
+		}
+	}
+	// Health checks change only with services that have (or had) checks.
 	if checksChanged {
 		if err := e.mon.Update(e.checks()); err != nil {
 			// Specs were validated above; this is a bug, not bad input.
 			e.log.Error("update health checks", "err", err)
 		}
 		// Health of new backends may differ from the initial assumption.
-		for _, s := range cfg.Services {
-			if oldByName[s.Name] != s {
-				e.syncService(ctx, s)
-			}
+		for _, s := range added {
+			e.syncService(ctx, s)
 		}
 	}
 	if err := e.applyMarks(ctx); err != nil {
@@ -173,6 +182,48 @@ func (e *engine) apply(cfg *config.Config) []string {
 	}
 	e.saveOwned()
 	return changes
+}
+
+// unshared returns the services of a that are not in b and those of b that
+// are not in a, by pointer, each in its list's order.
+func unshared(a, b []*config.Service) (gone, added []*config.Service) {
+	index := make(map[*config.Service]int32, len(b))
+	for i, s := range b {
+		index[s] = int32(i)
+	}
+	for _, s := range a {
+		n := len(index)
+		if delete(index, s); len(index) == n {
+			gone = append(gone, s)
+		}
+	}
+	if len(index) == 0 {
+		return gone, nil
+	}
+	at := make([]int32, 0, len(index))
+	for _, i := range index {
+		at = append(at, i)
+	}
+	slices.Sort(at)
+	added = make([]*config.Service, len(at))
+	for k, i := range at {
+		added[k] = b[i]
+	}
+	return gone, added
+}
+
+// hasChecks reports whether a service or any of its backends is health
+// checked (backends added at run time use the service's check).
+func hasChecks(s *config.Service) bool {
+	if checked(s.Check) {
+		return true
+	}
+	for _, b := range s.Backends {
+		if checked(b.Check) {
+			return true
+		}
+	}
+	return false
 }
 
 // backendChanges summarises backend additions and removals of a service.
