@@ -486,9 +486,14 @@ func (e *engine) compose(s *config.Service) (director.DesiredService, bool) {
 		return director.DesiredService{}, false
 	}
 	if out.Change != nil {
-		ev := out.Change.Event(s.Name)
-		e.log.Info("service quorum", "service", s.Name, "from", out.Change.From, "to", out.Change.To, "reason", out.Change.Reason())
-		e.events.add(api.Event{Time: time.Now(), Kind: "quorum", Subject: s.Name, From: out.Change.From.String(), To: out.Change.To.String(), Reason: ev.Reason})
+		// With quorum off a service is always up: its first evaluation is
+		// no news, and a line and an event for each of 10,000 services cost
+		// seconds at start-up and flushed the event history.
+		if out.Change.Quorum != 0 {
+			ev := out.Change.Event(s.Name)
+			e.log.Info("service quorum", "service", s.Name, "from", out.Change.From, "to", out.Change.To, "reason", out.Change.Reason())
+			e.events.add(api.Event{Time: time.Now(), Kind: "quorum", Subject: s.Name, From: out.Change.From.String(), To: out.Change.To.String(), Reason: ev.Reason})
+		}
 		if e.node != nil {
 			e.node.SetServiceQuorum(s.Name, out.Quorum == healthcheck.StateUp)
 		}

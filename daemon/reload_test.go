@@ -22,54 +22,21 @@ import (
 // only when the owned set changed.
 func TestReloadOfIncludeFiles(t *testing.T) {
 	needNetns(t)
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	main := fmt.Sprintf("include = [\"conf.d/*.toml\"]\n[node]\nname = \"t\"\nstate_dir = %q\n[ipvs]\nresync_interval = \"0s\"\n[control]\nsocket = %q\n",
-		filepath.Join(dir, "state"), filepath.Join(dir, "lvsd.sock"))
-	if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(main), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// svc writes one service on 198.18.2.<n>:80 with two DR backends.
 	svc := func(name string, n, weight int) string {
 		return fmt.Sprintf("[[service]]\nname = %q\naddress = \"198.18.2.%d\"\nport = 80\nforward = \"dr\"\n"+
 			"  [[service.backend]]\n  address = \"198.19.0.1\"\n  weight = %d\n  [[service.backend]]\n  address = \"198.19.0.2\"\n", name, n, weight)
 	}
+	dir, kern, client := startWithIncludes(t, map[string]string{
+		"a.toml": svc("a1", 1, 1) + svc("a2", 2, 1),
+		"b.toml": svc("b1", 3, 1) + svc("b2", 4, 1),
+		"c.toml": svc("c1", 5, 1),
+	})
+	ctx := context.Background()
 	write := func(file string, svcs ...string) {
 		t.Helper()
 		if err := os.WriteFile(filepath.Join(dir, "conf.d", file), []byte(strings.Join(svcs, "")), 0o600); err != nil {
 			t.Fatal(err)
-		}
-	}
-	write("a.toml", svc("a1", 1, 1), svc("a2", 2, 1))
-	write("b.toml", svc("b1", 3, 1), svc("b2", 4, 1))
-	write("c.toml", svc("c1", 5, 1))
-
-	kern := &fakeKernel{Fake: dptest.New()}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	logs := &syncBuffer{}
-	go func() {
-		done <- Run(ctx, Options{ConfigPath: filepath.Join(dir, "lvsd.toml"), Log: slog.New(slog.NewTextHandler(logs, nil)),
-			OpenKernel: func(context.Context, *slog.Logger) (Kernel, error) { return kern, nil }})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs)
-		}
-	}()
-	client := api.NewUnixClient(filepath.Join(dir, "lvsd.sock"))
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := client.Status(ctx); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("lvsd did not start")
 		}
 	}
 	if n := len(kern.Table()); n != 5 {
@@ -150,5 +117,75 @@ func TestReloadOfIncludeFiles(t *testing.T) {
 	}
 	if got, want := string(data), `[{"family":2,"protocol":6,"address":"198.18.2.1","port":80},{"family":2,"protocol":6,"address":"198.18.2.3","port":80}]`; got != want {
 		t.Errorf("owned.json = %s, want %s", got, want)
+	}
+}
+
+// startWithIncludes runs lvsd on the in-memory kernel with a main config
+// that includes conf.d/*.toml, the given files; it returns the config
+// directory once the control socket answers.
+func startWithIncludes(t *testing.T, files map[string]string) (string, *fakeKernel, *api.Client) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	main := fmt.Sprintf("include = [\"conf.d/*.toml\"]\n[node]\nname = \"t\"\nstate_dir = %q\n[ipvs]\nresync_interval = \"0s\"\n[control]\nsocket = %q\n",
+		filepath.Join(dir, "state"), filepath.Join(dir, "lvsd.sock"))
+	if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(main), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, "conf.d", name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kern := &fakeKernel{Fake: dptest.New()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	logs := &syncBuffer{}
+	go func() {
+		done <- Run(ctx, Options{ConfigPath: filepath.Join(dir, "lvsd.toml"), Log: slog.New(slog.NewTextHandler(logs, nil)),
+			OpenKernel: func(context.Context, *slog.Logger) (Kernel, error) { return kern, nil }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs)
+		}
+	})
+	client := api.NewUnixClient(filepath.Join(dir, "lvsd.sock"))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := client.Status(ctx); err == nil {
+			return dir, kern, client
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("lvsd did not start")
+		}
+	}
+}
+
+// A service without quorum is always up: starting it logs no quorum
+// transition and records no event; a service with a quorum still does.
+func TestQuorumOffIsNoEvent(t *testing.T) {
+	needNetns(t)
+	svc := "[[service]]\nname = %q\naddress = \"198.18.2.%d\"\nport = 80\nquorum = %d\n  [[service.backend]]\n  address = \"198.19.0.1\"\n"
+	_, _, client := startWithIncludes(t, map[string]string{
+		"a.toml": fmt.Sprintf(svc, "off", 1, 0) + fmt.Sprintf(svc, "on", 2, 1),
+	})
+	evs, err := client.Events(context.Background(), time.Time{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var quorum []string
+	for _, ev := range evs {
+		if ev.Kind == "quorum" {
+			quorum = append(quorum, ev.Subject+" "+ev.From+"->"+ev.To)
+		}
+	}
+	if got := strings.Join(quorum, ", "); got != "on unknown->up" {
+		t.Errorf("quorum events %q, want only \"on unknown->up\"", got)
 	}
 }
