@@ -2,10 +2,12 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -470,6 +472,53 @@ func TestServiceLookup(t *testing.T) {
 	}
 	if w := second.Service("svc-4").Backends[0].Weight; w != 5 {
 		t.Errorf("second load's svc-4 has weight %d, want 5", w)
+	}
+}
+
+// Included files are decoded in parallel: the result (services in order,
+// every error) is the same as decoding them one by one.
+func TestParallelLoadMatchesSequential(t *testing.T) {
+	tree := func(broken bool) *memFS {
+		fsys := newMemFS()
+		fsys.write("/c/main.toml", "include = [\"d/*.toml\", \"e/x.toml\"]\n")
+		for i := range 30 {
+			fsys.write(fmt.Sprintf("/c/d/%02d.toml", i), serviceFile(i, 3, 2, 1))
+		}
+		// Nested, and also included by the main file: visited once, here.
+		fsys.write("/c/d/25.toml", "include = [\"../e/x.toml\"]\n"+serviceFile(25, 3, 2, 1))
+		fsys.write("/c/e/x.toml", "[[service]]\nname = \"x\"\naddress = \"198.18.8.8\"\nport = 80\n")
+		if broken {
+			fsys.write("/c/d/07.toml", serviceFile(7, 3, 2, 1)+"[[service]]\nname = \"svc-0\"\naddress = \"198.18.9.9\"\nport = 80\n")
+			fsys.write("/c/d/13.toml", "[[service]\nname = \"broken\"\n")
+			fsys.write("/c/d/21.toml", serviceFile(21, 3, 2, 70000))
+		}
+		return fsys
+	}
+	load := func(procs int) string {
+		t.Helper()
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+		_, err := (&Loader{fs: tree(true), Hostname: func() (string, error) { return "dir-a", nil }}).Load("/c/main.toml")
+		if err == nil {
+			t.Fatal("broken config loaded")
+		}
+		cfg, err2 := (&Loader{fs: tree(false), Hostname: func() (string, error) { return "dir-a", nil }}).Load("/c/main.toml")
+		if err2 != nil {
+			t.Fatal(err2)
+		}
+		var names []string
+		for _, s := range cfg.Services {
+			names = append(names, s.Name)
+		}
+		return err.Error() + "\n" + strings.Join(names, " ") + "\n" + strings.Join(cfg.Files, " ")
+	}
+	seq, par := load(1), load(4)
+	if seq != par {
+		t.Errorf("sequential load:\n%s\nparallel load:\n%s", seq, par)
+	}
+	for _, want := range []string{"/c/d/07.toml:", "/c/d/13.toml:", "/c/d/21.toml:", "svc-0 svc-1 svc-2 svc-3", "svc-75 svc-76 svc-77 x svc-78"} {
+		if !strings.Contains(seq, want) {
+			t.Errorf("result lacks %q:\n%s", want, seq)
+		}
 	}
 }
 

@@ -7,7 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -102,12 +104,17 @@ func (l *Loader) Load(path string) (*Config, error) {
 	e := &errs{}
 	next := make(map[string]cached)
 	var frags []*fragment
+	decoded := make(map[string]fileResult) // by prefetch
 	var visit func(file string, from Pos) bool
 	visit = func(file string, from Pos) bool {
 		if _, done := next[file]; done {
 			return true // included twice, or a cycle: each file counts once
 		}
-		frag, id, err := l.file(file)
+		r, ok := decoded[file]
+		if !ok {
+			r.frag, r.id, r.err = l.file(file)
+		}
+		frag, id, err := r.frag, r.id, r.err
 		if err != nil {
 			if from.IsValid() {
 				e.at(from, "include %s: %v", file, err)
@@ -127,6 +134,7 @@ func (l *Loader) Load(path string) (*Config, error) {
 			if len(matches) == 0 && !hasMeta(inc.pattern) {
 				e.at(inc.pos, "include %s: no such file", inc.pattern)
 			}
+			l.prefetch(matches, next, decoded)
 			for _, m := range matches {
 				visit(m, inc.pos)
 			}
@@ -142,6 +150,51 @@ func (l *Loader) Load(path string) (*Config, error) {
 		return nil, e.list.sortDedup()
 	}
 	return cfg, nil
+}
+
+type fileResult struct {
+	frag *fragment
+	id   fileID
+	err  error
+}
+
+// prefetch decodes, on every CPU, the files of paths that are not visited
+// yet, into decoded: a cold load of 100 included files parses them in
+// parallel. Caller holds mu; l.file only reads the cache.
+func (l *Loader) prefetch(paths []string, visited map[string]cached, decoded map[string]fileResult) {
+	var todo []string
+	for _, p := range paths {
+		if _, ok := visited[p]; ok {
+			continue
+		}
+		if _, ok := decoded[p]; ok {
+			continue
+		}
+		todo = append(todo, p)
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(todo))
+	if workers < 2 {
+		return
+	}
+	results := make([]fileResult, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(todo) {
+					return
+				}
+				r := &results[i]
+				r.frag, r.id, r.err = l.file(todo[i])
+			}
+		})
+	}
+	wg.Wait()
+	for i, p := range todo {
+		decoded[p] = results[i]
+	}
 }
 
 // file returns the decoded file, from the cache when unchanged.
