@@ -2,13 +2,14 @@
 // table, next to anchors measured in the same run. It needs a kernel with
 // IPVS and root; on this project's machines run it in the lab VM:
 //
-//	go build -o /tmp/bench-ipvs ./bench/ipvs
-//	go run ./cmd/lvslab run -- /tmp/bench-ipvs               # 10,000 × 10
-//	go run ./cmd/lvslab run -- /tmp/bench-ipvs -services 1000 # quick
+//	go build -o bin/lvsd ./cmd/lvsd && go build -o /tmp/bench-ipvs ./bench/ipvs
+//	go run ./cmd/lvslab run -mem 2048 -- /tmp/bench-ipvs -lvsd bin/lvsd               # 10,000 × 10
+//	go run ./cmd/lvslab run -mem 2048 -- /tmp/bench-ipvs -lvsd bin/lvsd -services 1000 # quick
 //
 // Every figure runs in a fresh network namespace with lo up, and prints one
 // line: name, value, and the anchor it is compared with. Each figure is one
-// function, so more can be added (the reconciler's reload figures).
+// function. The lvsd figures (lvsd.go) run the lvsd binary itself: programming
+// from empty, a one-weight reload, writes when in sync, peak RSS.
 package main
 
 import (
@@ -44,18 +45,27 @@ type config struct {
 	// figures to run, in order; a name may repeat (to check drift).
 	figures  []string
 	mobyDump bool // run moby/ipvs's dump as the dump anchor
+	// lvsd figures
+	lvsd         string        // the lvsd binary
+	reloadTrials int           // one-weight reloads timed
+	resync       time.Duration // resync_interval of the restarted lvsd
+	lvsdVerbose  bool          // echo every lvsd log line to stderr
 }
 
 // figureNames are the values of -figures.
-var figureNames = []string{"dp", "dp-ackeach", "ipvsadm", "moby", "dump"}
+var figureNames = []string{"dp", "dp-ackeach", "ipvsadm", "moby", "dump", "lvsd"}
 
 func main() {
 	var cfg config
 	flag.IntVar(&cfg.services, "services", 10000, "virtual services")
 	flag.IntVar(&cfg.dests, "dests", 10, "DR destinations per service")
 	flag.IntVar(&cfg.batch, "batch", 0, "requests per sendmsg (0: ipvsnl default)")
-	figures := flag.String("figures", "dp,dump,ipvsadm", "comma-separated figures in run order: dp (ipvsdp.Apply), dp-ackeach (the same with an ack per request), ipvsadm (ipvsadm -R), moby (moby/ipvs one call per object), dump")
+	figures := flag.String("figures", "dp,dump,lvsd,ipvsadm", "comma-separated figures in run order: dp (ipvsdp.Apply), dp-ackeach (the same with an ack per request), ipvsadm (ipvsadm -R), moby (moby/ipvs one call per object), dump, lvsd (the lvsd binary: program, reload, in sync, RSS)")
 	flag.BoolVar(&cfg.mobyDump, "moby-dump", true, "measure moby/ipvs's dump as the dump anchor")
+	flag.StringVar(&cfg.lvsd, "lvsd", "bin/lvsd", "the lvsd binary the lvsd figures run (go build -o bin/lvsd ./cmd/lvsd)")
+	flag.IntVar(&cfg.reloadTrials, "reload-trials", 5, "one-weight reloads timed by the lvsd figures")
+	flag.DurationVar(&cfg.resync, "resync", 2*time.Second, "resync_interval of the restarted lvsd in the lvsd figures")
+	flag.BoolVar(&cfg.lvsdVerbose, "lvsd-v", false, "echo every lvsd log line to stderr (default: warnings and errors)")
 	flag.Parse()
 	cfg.figures = strings.Split(*figures, ",")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -69,6 +79,19 @@ func main() {
 func run(ctx context.Context, cfg config, out io.Writer) error {
 	if cfg.services < 1 || cfg.services > 60000 || cfg.dests < 1 || cfg.dests > 250 {
 		return fmt.Errorf("-services %d -dests %d: want 1..60000 services and 1..250 destinations", cfg.services, cfg.dests)
+	}
+	if slices.Contains(cfg.figures, "lvsd") {
+		if cfg.reloadTrials < 1 || cfg.resync < 100*time.Millisecond {
+			return fmt.Errorf("-reload-trials %d -resync %s: want at least 1 trial and 100ms", cfg.reloadTrials, cfg.resync)
+		}
+		abs, err := filepath.Abs(cfg.lvsd)
+		if err == nil {
+			_, err = os.Stat(abs)
+		}
+		if err != nil {
+			return fmt.Errorf("-lvsd: %w (build it with go build -o bin/lvsd ./cmd/lvsd, or leave lvsd out of -figures)", err)
+		}
+		cfg.lvsd = abs
 	}
 	b := &bench{cfg: cfg, out: out, log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	defer b.cleanup()
@@ -86,7 +109,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if err := b.warmUp(ctx); err != nil {
 		return err
 	}
-	var dp, ref time.Duration
+	var dp, ref, lvsd time.Duration
 	for _, f := range cfg.figures {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -117,12 +140,23 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			if err := b.figureDump(ctx); err != nil {
 				return err
 			}
+		case "lvsd":
+			d, err := b.lvsdFigures(ctx)
+			if err != nil {
+				return err
+			}
+			if lvsd == 0 {
+				lvsd = d
+			}
 		default:
 			return fmt.Errorf("-figures: unknown figure %q (known: %s)", f, strings.Join(figureNames, ", "))
 		}
 	}
 	if dp > 0 && ref > 0 {
 		b.line("program ratio", fmt.Sprintf("%.3f", dp.Seconds()/ref.Seconds()), "dp / ipvsadm -R; target ≤ 0.1; lab notes: moby/ipvs 0.30, keepalived 0.53, genl 1,000/send 0.06")
+	}
+	if lvsd > 0 && ref > 0 {
+		b.line("lvsd program ratio", fmt.Sprintf("%.3f", lvsd.Seconds()/ref.Seconds()), "lvsd from empty / ipvsadm -R (same boot); target ≤ 0.1")
 	}
 	return nil
 }
@@ -386,6 +420,8 @@ func (b *bench) warmUp(ctx context.Context) error {
 					err = b.discard(ctx, path)
 				}
 			}
+		case "lvsd":
+			err = b.warmUpLvsd(ctx, n, d)
 		}
 		if err != nil {
 			return fmt.Errorf("warming up %s: %w", f, err)
