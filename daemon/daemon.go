@@ -84,6 +84,7 @@ type engine struct {
 	views    map[string][]backendView
 	quorum   map[string]healthcheck.State
 	inKernel map[string]director.DesiredService // last desired state synced, by service name
+	resyncT  *ticker // the loop's resync timer; a reload re-arms it
 	lastOps  director.OpCounts
 	lastFail director.OpCounts
 	// ownedSaved is the reconciler's OwnedVersion last persisted (valid
@@ -245,6 +246,7 @@ func (e *engine) mode() string {
 func (e *engine) loop(ctx context.Context, apiErr <-chan error) error {
 	resync := newTicker(e.cfg.IPVS.ResyncInterval)
 	defer resync.Stop()
+	e.resyncT = resync
 	var watchdog <-chan time.Time
 	if d, err := sddaemon.SdWatchdogEnabled(false); err == nil && d > 0 {
 		t := time.NewTicker(d / 3)
@@ -317,7 +319,9 @@ func newTicker(d time.Duration) *ticker {
 	return tk
 }
 
+// Reset (re)arms the timer for d from now; d = 0 disarms it.
 func (t *ticker) Reset(d time.Duration) {
+	t.t.Stop()
 	if d > 0 {
 		t.t.Reset(d)
 	}

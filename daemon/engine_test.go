@@ -574,3 +574,28 @@ func containsEvent(ev []api.Event, kind, subject, to string) bool {
 	}
 	return false
 }
+
+// A reload that turns the periodic resync on arms it at once (it used to
+// wait for the old interval, forever when that was 0s).
+func TestEngineReloadArmsResync(t *testing.T) {
+	needNetns(t)
+	setupLink(t, "198.18.1.65")
+	listen(t, "198.18.1.65:80")
+	dir := t.TempDir()
+	kern := &fakeKernel{Fake: dptest.New()}
+	r := startRig(t, dir, kern, backends("198.18.1.65"))
+	r.eventually("backend in IPVS", func() bool { return sameMap(r.dests(), map[string]int{"198.18.1.65": 1}) })
+	kern.Flush() // someone runs ipvsadm -C
+	path := filepath.Join(dir, "lvsd.toml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(data), `resync_interval = "0s"`, `resync_interval = "100ms"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.client.Reload(context.Background()); err != nil || !res.OK {
+		t.Fatalf("reload: %+v %v", res, err)
+	}
+	r.eventually("resync repairs the flushed table", func() bool { return sameMap(r.dests(), map[string]int{"198.18.1.65": 1}) })
+}

@@ -123,6 +123,9 @@ func (e *engine) apply(cfg *config.Config) []string {
 		addedKeys[serviceKeyOf(s)] = true
 	}
 	e.cfg = cfg
+	if old.IPVS.ResyncInterval != cfg.IPVS.ResyncInterval && e.resyncT != nil {
+		e.resyncT.Reset(cfg.IPVS.ResyncInterval) // a new interval counts from now, 0s stops it
+	}
 	if err := e.ensureDataplane(ctx); err != nil {
 		e.log.Error("reload: IPVS", "err", err)
 		changes = append(changes, "IPVS: "+err.Error())
