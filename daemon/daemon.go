@@ -84,7 +84,7 @@ type engine struct {
 	views    map[string][]backendView
 	quorum   map[string]healthcheck.State
 	inKernel map[string]director.DesiredService // last desired state synced, by service name
-	resyncT  *ticker // the loop's resync timer; a reload re-arms it
+	resyncT  *ticker                            // the loop's resync timer; a reload re-arms it
 	lastOps  director.OpCounts
 	lastFail director.OpCounts
 	// ownedSaved is the reconciler's OwnedVersion last persisted (valid
