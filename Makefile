@@ -3,7 +3,7 @@
 GO ?= go
 LAB := $(GO) run ./cmd/lvslab
 
-.PHONY: test test-host test-lab demo lab-setup vet bench build
+.PHONY: test test-host test-lab demo lab-setup vet bench bench-go bench-ipvs bench-health bench-failover bench-stability build
 
 # The whole suite: host tests, then lab-tagged tests in one VM boot.
 test:
@@ -33,9 +33,26 @@ vet:
 	$(GO) vet ./...
 	$(GO) vet -tags lab ./...
 
-# Benchmarks print figures; they never assert speed.
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# Benchmarks print figures next to their targets and anchors; they never
+# assert speed. bench-stability (5 minutes under a CPU hog) is separate.
+bench: bench-go bench-ipvs bench-health bench-failover
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./config ./director ./healthcheck ./daemon
+
+bench-ipvs:
+	$(GO) build -o bin/lvsd ./cmd/lvsd
+	$(GO) build -o bin/bench-ipvs ./bench/ipvs
+	$(LAB) run -mem 2048 -- $(CURDIR)/bin/bench-ipvs -lvsd $(CURDIR)/bin/lvsd
+
+bench-health:
+	$(GO) run ./bench/health -n 10000 -duration 30s
+
+bench-failover:
+	$(GO) run ./bench/failover -trials 10
+
+bench-stability:
+	$(GO) run ./bench/failover -stability 5m
 
 build:
 	$(GO) build -o bin/ ./cmd/lvsd ./cmd/lvsctl
