@@ -12,18 +12,23 @@
 //	go run ./bench/failover -trials 10
 //	go run ./bench/failover -stability 5m
 //
-// Needs root (namespaces). Nodes are this binary re-executed (-node), until
-// cmd/lvsd exists.
+// Needs root (namespaces). The lvsd directors are real lvsd processes
+// (`lvsd --config`, built from ./cmd/lvsd into a temp dir unless -lvsd names
+// a binary), each with a config of its own: [cluster] with a generated
+// 32-byte key file, the default heartbeat_interval (20ms), dead_after
+// (100ms) and realtime_priority, and one [[vip_group]] with the VIP on eth0,
+// no services (so no IPVS). A graceful stop is SIGTERM to the owner's lvsd,
+// restarted for the next trial.
 package main
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/rand"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"log"
-	"log/slog"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -38,37 +43,34 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lvsd/lvsd/api"
 	"github.com/lvsd/lvsd/lab/topo"
-	"github.com/lvsd/lvsd/vrrp"
 	"github.com/vishvananda/netlink"
 )
 
 var (
 	vip4    = netip.MustParsePrefix("198.18.0.100/32")
 	vipPort = "8080"
-	key     = []byte("lvsd-bench-gossip-key-32-bytes!!")
 )
 
 func main() {
-	node := flag.String("node", "", "internal: run a vrrp node from this JSON spec")
 	hog := flag.Bool("hog", false, "internal: burn every CPU until killed")
+	lvsdBin := flag.String("lvsd", "", "the lvsd binary to run (default: go build -o <tmp>/lvsd ./cmd/lvsd, from the repo root)")
 	trials := flag.Int("trials", 10, "trials per scenario (at least 10 for the issue's figures)")
 	stability := flag.Duration("stability", 0, "instead of failover trials: run an lvsd pair this long under a CPU hog and count ownership changes")
 	withKA := flag.Bool("keepalived", true, "also measure keepalived (installed with apt-get if missing)")
-	realtime := flag.Int("realtime", 0, "SCHED_RR priority for the lvsd nodes (0: vrrp's default, -1: normal scheduling)")
+	realtime := flag.Int("realtime", 0, "lvsd's realtime_priority (SCHED_RR) for the directors (0: lvsd's default, -1: normal scheduling)")
 	flag.Parse()
-	switch {
-	case *node != "":
-		os.Exit(runNode(*node))
-	case *hog:
+	if *hog {
 		burn()
 	}
 	if os.Geteuid() != 0 {
 		log.Fatal("failover bench: needs root for network namespaces")
 	}
-	b := &bench{tb: newTB(), dir: mustTempDir(), realtime: *realtime}
+	b := &bench{tb: newTB(), dir: mustTempDir(), realtime: *realtime, lvsd: *lvsdBin}
 	b.tb.Cleanup(func() { os.RemoveAll(b.dir) })
 	defer b.tb.cleanup()
+	b.prepareLVSD()
 	go func() { // Ctrl-C: clean up namespaces and processes, then exit
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
@@ -135,7 +137,32 @@ func stats(ds []time.Duration) (mn, med, mx time.Duration) {
 type bench struct {
 	tb       *tb
 	dir      string
-	realtime int
+	realtime int    // -realtime
+	lvsd     string // the lvsd binary
+	keyFile  string // the cluster's gossip key
+}
+
+// prepareLVSD builds lvsd unless -lvsd named a binary, and writes the
+// cluster's gossip key (32 random bytes, base64).
+func (b *bench) prepareLVSD() {
+	if b.lvsd == "" {
+		b.lvsd = filepath.Join(b.dir, "lvsd")
+		cmd := exec.Command("go", "build", "-o", b.lvsd, "./cmd/lvsd")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.tb.Fatalf("go build ./cmd/lvsd (run the benchmark from the repo root, or pass -lvsd PATH): %v\n%s", err, out)
+		}
+	} else if abs, err := filepath.Abs(b.lvsd); err == nil {
+		b.lvsd = abs
+	}
+	if _, err := os.Stat(b.lvsd); err != nil {
+		b.tb.Fatalf("-lvsd: %v", err)
+	}
+	k := make([]byte, 32)
+	rand.Read(k)
+	b.keyFile = filepath.Join(b.dir, "gossip.key")
+	if err := os.WriteFile(b.keyFile, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600); err != nil {
+		b.tb.Fatalf("%v", err)
+	}
 }
 
 // pair is one topology: client, dir-a (priority 200, the initial owner) and
@@ -146,12 +173,14 @@ type pair struct {
 	tp     *topo.Topo
 	client *topo.Host
 	hosts  map[string]*topo.Host
-	procs  map[string]*topo.Proc
+	procs  map[string]*topo.Proc   // the running process of each director
+	runs   map[string][]*topo.Proc // every lvsd process of each director, for logs
 	probes *prober
 }
 
 func (b *bench) newPair(system string) *pair {
-	p := &pair{b: b, system: system, tp: topo.New(b.tb), hosts: map[string]*topo.Host{}, procs: map[string]*topo.Proc{}}
+	p := &pair{b: b, system: system, tp: topo.New(b.tb), hosts: map[string]*topo.Host{}, procs: map[string]*topo.Proc{},
+		runs: map[string][]*topo.Proc{}}
 	p.client = p.tp.Host("client", "198.18.0.10/24")
 	for i, n := range []string{"dir-a", "dir-b"} {
 		h := p.tp.Host(n, fmt.Sprintf("198.18.0.%d/24", 11+i))
@@ -189,18 +218,7 @@ func (p *pair) start(name string) {
 	h := p.hosts[name]
 	switch p.system {
 	case "lvsd":
-		spec := vrrp.Spec{Node: vrrp.NodeSpec{Name: name, Interface: "eth0"},
-			Cluster: &vrrp.ClusterSpec{Bind: addrOf(name) + ":7946", Peers: []string{"198.18.0.11:7946", "198.18.0.12:7946"},
-				Key: key, Members: []string{"dir-a", "dir-b"}, Realtime: p.b.realtime},
-			Groups: []vrrp.GroupSpec{{Name: "web", Addresses: []netip.Prefix{vip4}, Priority: prio, Preempt: true,
-				GARPRefresh: 10 * time.Second}}}
-		b, _ := json.Marshal(spec)
-		path := filepath.Join(p.b.dir, p.tp.Prefix()+"-"+name+".json")
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			p.b.tb.Fatalf("%v", err)
-		}
-		self, _ := os.Executable()
-		p.procs[name] = h.Start(self, "-node", path)
+		p.startLVSD(name, prio)
 	default:
 		version, advert := 3, "0.1"
 		if p.system == "ka2" {
@@ -236,6 +254,84 @@ func addrOf(name string) string {
 		return "198.18.0.11"
 	}
 	return "198.18.0.12"
+}
+
+func peerOf(name string) string {
+	if name == "dir-a" {
+		return "dir-b"
+	}
+	return "dir-a"
+}
+
+// startLVSD writes name's lvsd config (on the first start) and runs lvsd
+// until its control socket answers.
+func (p *pair) startLVSD(name string, prio int) {
+	h := p.hosts[name]
+	dir := filepath.Join(p.b.dir, p.tp.Prefix()+"-"+name)
+	path, sock := filepath.Join(dir, "lvsd.toml"), filepath.Join(dir, "lvsd.sock")
+	if _, err := os.Stat(path); err != nil {
+		rt := ""
+		switch {
+		case p.b.realtime < 0:
+			rt = "realtime_priority = 0\n"
+		case p.b.realtime > 0:
+			rt = fmt.Sprintf("realtime_priority = %d\n", p.b.realtime)
+		}
+		conf := fmt.Sprintf(`[node]
+name = %q
+interface = "eth0"
+state_dir = %q
+
+[control]
+socket = %q
+
+[cluster]
+bind = "%s:7946"
+peers = ["%s:7946"]
+key_file = %q
+members = ["dir-a", "dir-b"]
+heartbeat_interval = "20ms"
+dead_after = "100ms"
+%s
+[[vip_group]]
+name = "web"
+addresses = [%q]
+interface = "eth0"
+priority = %d
+`, name, filepath.Join(dir, "state"), sock, addrOf(name), addrOf(peerOf(name)), p.b.keyFile, rt, vip4, prio)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			p.b.tb.Fatalf("%v", err)
+		}
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			p.b.tb.Fatalf("%v", err)
+		}
+	}
+	pr := h.Start(p.b.lvsd, "--config", path)
+	p.procs[name] = pr
+	p.runs[name] = append(p.runs[name], pr)
+	client := api.NewUnixClient(sock)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if pr.Exited() {
+			p.b.tb.Fatalf("lvsd %s exited at start:\n%s", name, pr.Output())
+		}
+		if _, err := client.Status(context.Background()); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.b.tb.Fatalf("lvsd %s: control socket did not answer within 20 s:\n%s", name, pr.Output())
+		}
+	}
+}
+
+// logs is every lvsd process's output, for a failure message.
+func (p *pair) logs() string {
+	var sb strings.Builder
+	for _, n := range []string{"dir-a", "dir-b"} {
+		for i, pr := range p.runs[n] {
+			fmt.Fprintf(&sb, "\n--- lvsd %s run %d (pid %d)\n%s", n, i+1, pr.PID(), pr.Output())
+		}
+	}
+	return sb.String()
 }
 
 // holders lists the directors whose eth0 holds the VIP.
@@ -275,7 +371,7 @@ func (p *pair) settle() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	p.b.tb.Fatalf("%s: did not settle with dir-a owning the VIP (holders %v)", p.system, p.holders())
+	p.b.tb.Fatalf("%s: did not settle with dir-a owning the VIP (holders %v)%s", p.system, p.holders(), p.logs())
 }
 
 // run measures trials of one scenario.
@@ -284,7 +380,7 @@ func (b *bench) run(system, scenario string, trials int) []time.Duration {
 	var out []time.Duration
 	for i := 0; i < trials; i++ {
 		p.settle()
-		time.Sleep(time.Duration(rand.Int64N(int64(time.Second)))) // random phase
+		time.Sleep(time.Duration(mrand.Int64N(int64(time.Second)))) // random phase
 		t0 := time.Now()
 		switch scenario {
 		case "link-down":
@@ -296,7 +392,7 @@ func (b *bench) run(system, scenario string, trials int) []time.Duration {
 		}
 		d, ok := p.probes.firstOKAfter(t0, 'b', 15*time.Second)
 		if !ok {
-			b.tb.Fatalf("%s %s trial %d: the client never reached the VIP again (holders %v)", system, scenario, i, p.holders())
+			b.tb.Fatalf("%s %s trial %d: the client never reached the VIP again (holders %v)%s", system, scenario, i, p.holders(), p.logs())
 		}
 		fmt.Printf("%-5s %-9s trial %2d: %7.1f ms\n", system, scenario, i+1, ms(d))
 		out = append(out, d)
@@ -313,7 +409,9 @@ func (b *bench) run(system, scenario string, trials int) []time.Duration {
 	return out
 }
 
-// stability runs an lvsd pair under a CPU hog and counts ownership changes.
+// stability runs an lvsd pair under a CPU hog and counts ownership changes:
+// on the interfaces (polled every 50 ms) and in lvsd's own logs ("VIP group
+// transition", "peer dead").
 func (b *bench) stability(d time.Duration) {
 	p := b.newPair("lvsd")
 	p.settle()
@@ -323,11 +421,19 @@ func (b *bench) stability(d time.Duration) {
 		b.tb.Fatalf("starting the CPU hog: %v", err)
 	}
 	b.tb.Cleanup(func() { hog.Process.Kill(); hog.Wait() })
-	fmt.Printf("stability: lvsd pair (heartbeat 20 ms, dead_after 100 ms, realtime=%d) for %v, %d-thread CPU hog (pid %d)\n",
-		b.realtime, d, runtime.NumCPU(), hog.Process.Pid)
+	rt := "lvsd's default"
+	switch {
+	case b.realtime < 0:
+		rt = "0 (off)"
+	case b.realtime > 0:
+		rt = fmt.Sprint(b.realtime)
+	}
+	fmt.Printf("stability: lvsd pair (heartbeat_interval 20ms, dead_after 100ms, realtime_priority %s) for %v, %d-thread CPU hog (pid %d)\n",
+		rt, d, runtime.NumCPU(), hog.Process.Pid)
+	const transition, dead = `msg="VIP group transition"`, `msg="peer dead"`
 	before := map[string]int{}
 	for n, pr := range p.procs {
-		before[n] = strings.Count(pr.Output(), `msg="state changed"`)
+		before[n] = len(strings.Split(pr.Output(), "\n")) - 1 // complete lines so far
 	}
 	changes, last := 0, p.holders()
 	end := time.Now().Add(d)
@@ -340,19 +446,24 @@ func (b *bench) stability(d time.Duration) {
 		}
 	}
 	transitions, deaths := 0, 0
-	for n, pr := range p.procs {
-		out := pr.Output()
-		transitions += strings.Count(out, `msg="state changed"`) - before[n]
-		deaths += strings.Count(out, `msg="peer dead"`)
-		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, `msg="peer dead"`) || strings.Contains(line, `msg="state changed"`) {
+	for _, n := range []string{"dir-a", "dir-b"} {
+		lines := strings.Split(p.procs[n].Output(), "\n")
+		for _, line := range lines[before[n]:] {
+			t, dd := strings.Contains(line, transition), strings.Contains(line, dead)
+			if t {
+				transitions++
+			}
+			if dd {
+				deaths++
+			}
+			if t || dd {
 				fmt.Printf("  %s: %s\n", n, line)
 			}
 		}
 	}
 	lost, total := p.probes.failures(end.Add(-d), end)
 	fmt.Printf("ownership changes seen on the interfaces: %d (target 0)\n", changes)
-	fmt.Printf("state transitions logged by the nodes: %d, peers declared dead: %d\n", transitions, deaths)
+	fmt.Printf("VIP group transitions logged by lvsd: %d, peers declared dead: %d\n", transitions, deaths)
 	fmt.Printf("client probes failed: %d of %d\n", lost, total)
 }
 
@@ -457,33 +568,6 @@ func (p *prober) failures(from, to time.Time) (failed, total int) {
 		}
 	}
 	return
-}
-
-// runNode runs one vrrp node until SIGTERM (graceful hand-over).
-func runNode(path string) int {
-	lg := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	b, err := os.ReadFile(path)
-	if err != nil {
-		lg.Error("reading spec", "err", err)
-		return 2
-	}
-	var spec vrrp.Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		lg.Error("parsing spec", "err", err)
-		return 2
-	}
-	n, err := vrrp.New(spec, lg)
-	if err != nil {
-		lg.Error("new node", "err", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := n.Run(ctx); err != nil {
-		lg.Error("run", "err", err)
-		return 1
-	}
-	return 0
 }
 
 // burn saturates every CPU until killed (the stability run's hog).
