@@ -114,17 +114,17 @@ type source struct {
 func (s *source) pos(off uint32) Pos {
 	if s.lineStarts == nil {
 		s.lineStarts = append(make([]int, 0, bytes.Count(s.data, []byte{'\n'})+1), 0)
-		for i, c := range s.data {
-			if c == '\n' {
-				s.lineStarts = append(s.lineStarts, i+1)
+		for i := 0; ; {
+			j := bytes.IndexByte(s.data[i:], '\n')
+			if j < 0 {
+				break
 			}
+			i += j + 1
+			s.lineStarts = append(s.lineStarts, i)
 		}
 	}
 	o := min(int(off), len(s.data))
-	line, found := slices.BinarySearch(s.lineStarts, o)
-	if !found {
-		line--
-	}
+	line := s.lineOf(o)
 	from, col := s.lineStarts[line], 1
 	if line == s.lastLine && o >= s.lastOff && s.lastCol > 0 {
 		from, col = s.lastOff, s.lastCol
@@ -132,6 +132,25 @@ func (s *source) pos(off uint32) Pos {
 	col += utf8.RuneCount(s.data[from:o])
 	s.lastLine, s.lastOff, s.lastCol = line, o, col
 	return Pos{File: s.file, Line: line + 1, Col: col}
+}
+
+// lineOf returns the index of the line holding offset o. Offsets mostly
+// come in file order, so the last line and the next few are tried first.
+func (s *source) lineOf(o int) int {
+	ls := s.lineStarts
+	for l := s.lastLine; l < min(s.lastLine+4, len(ls)); l++ {
+		if ls[l] > o {
+			break
+		}
+		if l+1 == len(ls) || o < ls[l+1] {
+			return l
+		}
+	}
+	line, found := slices.BinarySearch(ls, o)
+	if !found {
+		line--
+	}
+	return line
 }
 
 // treeBuilder applies one file's expressions to its root table.
@@ -143,9 +162,79 @@ type treeBuilder struct {
 	errs *errs
 
 	parts []keyPart
-	names map[string]string // interned key names: configs repeat a few keys
-	vslab []value           // values and tables are carved from slabs:
-	tslab []table           // a 10,000-service file has ~400,000 of them
+	names internTable // interned key names: configs repeat a few keys
+	vslab []value     // values and tables are carved from slabs:
+	tslab []table     // a 10,000-service file has ~400,000 of them
+
+	// Tables' key and value slices are carved from slabs too (see set):
+	// kfree and vfree are the unused rest of the current slabs, and last
+	// is the one table whose slices may grow into them, in place.
+	kfree []string
+	vfree []*value
+	last  *table
+	// Arrays of tables grow the same way in their own slab.
+	afree []*value
+	lastA *value
+}
+
+// entrySlab is how many table entries one slab holds.
+const entrySlab = 1024
+
+// set adds k = v to t, growing t's slices in the builder's slabs: a table
+// is filled by consecutive lines, so it usually grows in place at the end
+// of the slab, and 100,000 small tables cost no allocation each.
+func (b *treeBuilder) set(t *table, k string, v *value) {
+	if len(t.keys) == cap(t.keys) && len(t.keys) < slabGrowLimit {
+		b.regrow(t)
+	}
+	t.set(k, v)
+}
+
+// slabGrowLimit bounds what set and appendElem move within the slabs: a
+// larger table or array grows by append, doubling, so that two large ones
+// growing in turn are not copied on every step.
+const slabGrowLimit = 16
+
+// appendElem appends elem to the array of tables arr, growing it in the
+// builder's slab as set grows tables.
+func (b *treeBuilder) appendElem(arr, elem *value) {
+	if n := len(arr.arr); n == cap(arr.arr) && n < slabGrowLimit {
+		if l := b.lastA; l != nil {
+			m := len(l.arr)
+			l.arr = l.arr[:m:m]
+			b.afree = b.afree[m:]
+			b.lastA = nil
+		}
+		if len(b.afree) <= n {
+			b.afree = make([]*value, entrySlab)
+		}
+		copy(b.afree, arr.arr)
+		arr.arr = b.afree[:n]
+		b.lastA = arr
+	}
+	arr.arr = append(arr.arr, elem)
+}
+
+// regrow moves t's entries to the free part of the slabs, with the rest of
+// the slab as spare capacity, and makes t the table that grows there. The
+// previous such table loses its spare capacity (a later append to it
+// reallocates), so no two tables ever share a slot.
+func (b *treeBuilder) regrow(t *table) {
+	if l := b.last; l != nil {
+		n := len(l.keys)
+		l.keys, l.vals = l.keys[:n:n], l.vals[:n:n]
+		b.kfree, b.vfree = b.kfree[n:], b.vfree[n:]
+		b.last = nil
+	}
+	n := len(t.keys)
+	if len(b.kfree) <= n {
+		size := max(entrySlab, 4*(n+1))
+		b.kfree, b.vfree = make([]string, size), make([]*value, size)
+	}
+	copy(b.kfree, t.keys)
+	copy(b.vfree, t.vals)
+	t.keys, t.vals = b.kfree[:n], b.vfree[:n]
+	b.last = t
 }
 
 func (b *treeBuilder) newValue() *value {
@@ -167,15 +256,39 @@ func (b *treeBuilder) newTable(h how) *table {
 	return t
 }
 
-func (b *treeBuilder) intern(name []byte) string {
-	if s, ok := b.names[string(name)]; ok {
-		return s
+func (b *treeBuilder) intern(name []byte) string { return b.names.intern(name) }
+
+// internTable interns key names in a small open-addressed table with a
+// cheap hash of the name's length and ends: a map's string hash costs more
+// than the rest of handling a key (much more in an emulated CPU without
+// AES instructions), and configs use a few dozen distinct keys.
+type internTable struct {
+	slots [internSlots]string
+	n     int
+}
+
+const internSlots = 512
+
+func (t *internTable) intern(name []byte) string {
+	if len(name) == 0 {
+		return ""
 	}
-	s := string(name)
-	if len(b.names) < 1024 {
-		b.names[s] = s
+	h := uint(len(name))*131 + uint(name[0])*31 + uint(name[len(name)-1]) + uint(name[len(name)/2])*7
+	for i := range uint(8) {
+		slot := &t.slots[(h+i)%internSlots]
+		switch {
+		case *slot == "":
+			s := string(name)
+			if t.n < internSlots/2 {
+				*slot = s
+				t.n++
+			}
+			return s
+		case *slot == string(name):
+			return *slot
+		}
 	}
-	return s
+	return string(name)
 }
 
 // parseTree parses a file. It returns false when a syntax error stopped the
@@ -183,7 +296,7 @@ func (b *treeBuilder) intern(name []byte) string {
 // table rules are reported and the offending expression is skipped, so more
 // than one can be reported per file.
 func parseTree(src *source, e *errs) (*table, bool) {
-	b := &treeBuilder{src: src, p: &unstable.Parser{}, root: newTable(hHeader), errs: e, names: make(map[string]string, 64)}
+	b := &treeBuilder{src: src, p: &unstable.Parser{}, root: newTable(hHeader), errs: e}
 	b.cur = b.root
 	b.p.Reset(src.data)
 	for b.p.NextExpression() {
@@ -264,7 +377,7 @@ func (b *treeBuilder) descend(t *table, parts []keyPart, h how) *table {
 			nt := b.newTable(h)
 			nv := b.newValue()
 			*nv = value{kind: kTable, tab: nt, off: p.off, keyOff: p.off}
-			t.set(p.name, nv)
+			b.set(t, p.name, nv)
 			t = nt
 			continue
 		}
@@ -313,7 +426,6 @@ func (b *treeBuilder) header(n *unstable.Node) {
 		return
 	}
 	last := parts[len(parts)-1]
-	name := dotted(parts)
 	v := parent.get(last.name)
 	exists := v != nil
 	if n.Kind == unstable.ArrayTable {
@@ -323,11 +435,13 @@ func (b *treeBuilder) header(n *unstable.Node) {
 		switch {
 		case !exists:
 			arr := b.newValue()
-			*arr = value{kind: kArray, aot: true, arr: []*value{elem}, off: hoff, keyOff: hoff}
-			parent.set(last.name, arr)
+			*arr = value{kind: kArray, aot: true, off: hoff, keyOff: hoff}
+			b.appendElem(arr, elem)
+			b.set(parent, last.name, arr)
 		case v.aot:
-			v.arr = append(v.arr, elem)
+			b.appendElem(v, elem)
 		default:
+			name := dotted(parts)
 			b.fail(last.off, "cannot define [[%s]]: %q is already %s at %s", name, name, describe(v), b.src.pos(v.keyOff))
 			b.discard()
 			return
@@ -340,14 +454,14 @@ func (b *treeBuilder) header(n *unstable.Node) {
 		nt := b.newTable(hHeader)
 		nv := b.newValue()
 		*nv = value{kind: kTable, tab: nt, off: hoff, keyOff: hoff}
-		parent.set(last.name, nv)
+		b.set(parent, last.name, nv)
 		b.cur = nt
 	case v.kind == kTable && v.tab.how == hImplicit:
 		v.tab.how = hHeader
 		v.off, v.keyOff = hoff, hoff
 		b.cur = v.tab
 	default:
-		b.fail(last.off, "cannot define [%s]: it is already %s at %s", name, describe(v), b.src.pos(v.keyOff))
+		b.fail(last.off, "cannot define [%s]: it is already %s at %s", dotted(parts), describe(v), b.src.pos(v.keyOff))
 		b.discard()
 	}
 }
@@ -369,7 +483,7 @@ func (b *treeBuilder) keyValue(t *table, n *unstable.Node) {
 		return
 	}
 	v.keyOff = keyOff
-	parent.set(last.name, v)
+	b.set(parent, last.name, v)
 }
 
 // value converts a value node; nil after reporting an error.

@@ -177,8 +177,21 @@ var tomlCases = []string{
 	"a = \"x\" b = 1\n",
 }
 
+// growthCases interleave the growth of several tables and arrays of
+// tables, beyond what the builder grows in its slabs, so that tables
+// sharing a slab never overwrite each other.
+func growthCases() []string {
+	var dotted, aot, headers strings.Builder
+	for i := range 40 {
+		fmt.Fprintf(&dotted, "a.x%d = %d\nb.y%d = %d\nc.z.w%d = \"%d\"\n", i, i, i, -i, i, i)
+		fmt.Fprintf(&aot, "[[s]]\nn = %d\n[[s.b]]\nx = %d\n[[t]]\nm = %d\n[[s.b]]\nx = %d\n[s.c]\ny = %d\n", i, i, i, -i, i)
+		fmt.Fprintf(&headers, "[h%d]\nk = %d\n[h%d.sub]\nv = %d\n", i, i, i, i)
+	}
+	return []string{dotted.String(), aot.String(), headers.String(), dotted.String() + aot.String()}
+}
+
 func TestTreeMatchesDecoder(t *testing.T) {
-	for _, doc := range tomlCases {
+	for _, doc := range append(growthCases(), tomlCases...) {
 		if err := compareWithDecoder(doc); err != nil {
 			t.Errorf("%q: %v", doc, err)
 		}
@@ -212,6 +225,20 @@ func TestPositions(t *testing.T) {
 	} {
 		if got := src.pos(tc.off); got != tc.want {
 			t.Errorf("pos(%d) = %v, want %v", tc.off, got, tc.want)
+		}
+	}
+	// Offsets in any order, against a count from the start.
+	text := strings.Repeat("ab = 1\n# ü\n\n  cé = [1, 2]\n", 50)
+	src = &source{file: "f", data: []byte(text)}
+	for i := range 3 * len(text) {
+		off := (i * 7919) % (len(text) + 1)
+		if i%3 == 0 {
+			off = i / 3 // in order
+		}
+		before := text[:off]
+		want := Pos{"f", strings.Count(before, "\n") + 1, len([]rune(before[strings.LastIndexByte(before, '\n')+1:])) + 1}
+		if got := src.pos(uint32(off)); got != want {
+			t.Fatalf("pos(%d) = %v, want %v", off, got, want)
 		}
 	}
 }
