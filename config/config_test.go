@@ -573,7 +573,7 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 	}
 	d := &decoder{src: src, e: e, dir: "/etc/lvsd", f: &fragment{}}
 	r := newReader(src, e, root)
-	r.record = map[string]bool{}
+	r.rc.record = map[string]bool{}
 	d.root(r)
 
 	present := map[string]bool{}
@@ -599,7 +599,7 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 		}
 	}
 	walk("", root)
-	for name := range r.record {
+	for name := range r.rc.record {
 		doc := strings.Replace(name, "service.backend.check.", "service.check.", 1)
 		if strings.HasPrefix(doc, "service.check.headers.") {
 			continue // header names are the user's
@@ -608,8 +608,8 @@ func TestReferenceDocumentsEveryKey(t *testing.T) {
 			t.Errorf("key %q is not in configs/reference.toml", doc)
 		}
 	}
-	if len(r.record) < 100 {
-		t.Errorf("recorded only %d keys; the recording hook is broken", len(r.record))
+	if len(r.rc.record) < 100 {
+		t.Errorf("recorded only %d keys; the recording hook is broken", len(r.rc.record))
 	}
 }
 

@@ -49,10 +49,11 @@ type mainSections struct {
 }
 
 type decoder struct {
-	src *source
-	e   *errs
-	dir string
-	f   *fragment
+	src  *source
+	e    *errs
+	dir  string
+	f    *fragment
+	seen backendSet // the current service's backends
 }
 
 // decodeFile parses and decodes one file's text.
@@ -100,27 +101,36 @@ func (d *decoder) root(r *reader) {
 			found = true
 		}
 	}
-	d.node(r.sub("node"), m)
-	d.ipvs(r.sub("ipvs"), m)
-	if c := r.sub("cluster"); c.t != nil {
-		m.cluster = d.cluster(c, m)
+	// Each sub-reader is made right before it is read: the keys a reader
+	// asks for stack up above those its parent asked before it.
+	node := r.sub("node")
+	d.node(&node, m)
+	ipvs := r.sub("ipvs")
+	d.ipvs(&ipvs, m)
+	if cluster := r.sub("cluster"); cluster.t != nil {
+		m.cluster = d.cluster(&cluster, m)
 	}
-	d.control(r.sub("control"), m)
-	d.metrics(r.sub("metrics"), m)
+	control := r.sub("control")
+	d.control(&control, m)
+	metrics := r.sub("metrics")
+	d.metrics(&metrics, m)
 	d.f.main, d.f.hasMain = m, found
 
 	for _, v := range r.tables("track_script") {
-		if ts := d.trackScript(r.at("track_script", v)); ts != nil {
+		tr := r.at("track_script", v)
+		if ts := d.trackScript(&tr); ts != nil {
 			d.f.trackScripts = append(d.f.trackScripts, ts)
 		}
 	}
 	for _, v := range r.tables("vip_group") {
-		if g := d.vipGroup(r.at("vip_group", v)); g != nil {
+		gr := r.at("vip_group", v)
+		if g := d.vipGroup(&gr); g != nil {
 			d.f.vipGroups = append(d.f.vipGroups, g)
 		}
 	}
 	for _, v := range r.tables("service") {
-		if s := d.service(r.at("service", v)); s != nil {
+		sr := r.at("service", v)
+		if s := d.service(&sr); s != nil {
 			d.f.services = append(d.f.services, s)
 		}
 	}

@@ -35,6 +35,16 @@ func (x *serviceIndex) update(frags []*fragment) {
 			}
 		}
 	}
+	if x.names.m == nil {
+		// The first load: size the maps once instead of growing them.
+		n := 0
+		for _, f := range frags {
+			n += len(f.services)
+		}
+		x.names.init(n)
+		x.keys.init(n)
+		x.marks.init(0)
+	}
 	for _, f := range frags {
 		if !x.frags[f] {
 			for _, s := range f.services {
@@ -68,46 +78,60 @@ func (x *serviceIndex) each(s *Service,
 // dupIndex maps keys to the services holding them and tracks the keys
 // held by more than one.
 type dupIndex[K comparable] struct {
-	m    map[K][]*Service
-	dups map[K]struct{}
+	m    map[K]*Service   // a holder of each key
+	dups map[K][]*Service // every holder of the keys held more than once
+}
+
+func (x *dupIndex[K]) init(n int) {
+	x.m, x.dups = make(map[K]*Service, n), make(map[K][]*Service)
 }
 
 func (x *dupIndex[K]) add(k K, s *Service) {
 	if x.m == nil {
-		x.m, x.dups = make(map[K][]*Service), make(map[K]struct{})
+		x.init(0)
 	}
-	l := append(x.m[k], s)
-	x.m[k] = l
-	if len(l) > 1 {
-		x.dups[k] = struct{}{}
+	first, held := x.m[k]
+	switch {
+	case !held:
+		x.m[k] = s
+	case x.dups[k] == nil:
+		x.dups[k] = []*Service{first, s}
+	default:
+		x.dups[k] = append(x.dups[k], s)
 	}
 }
 
 func (x *dupIndex[K]) remove(k K, s *Service) {
-	l := x.m[k]
+	l, dup := x.dups[k]
+	if !dup {
+		if x.m[k] == s {
+			delete(x.m, k)
+		}
+		return
+	}
 	i := slices.Index(l, s)
 	if i < 0 {
 		return
 	}
 	l = slices.Delete(l, i, i+1)
-	switch len(l) {
-	case 0:
-		delete(x.m, k)
-	case 1:
+	x.m[k] = l[0]
+	if len(l) == 1 {
 		delete(x.dups, k)
-		x.m[k] = l
-	default:
-		x.m[k] = l
+	} else {
+		x.dups[k] = l
 	}
 }
 
-func (x *dupIndex[K]) has(k K) bool { return len(x.m[k]) > 0 }
+func (x *dupIndex[K]) has(k K) bool {
+	_, ok := x.m[k]
+	return ok
+}
 
 // clashes calls fn for every key held by more than one service, with the
 // services in load order: the first keeps the key, the others are at fault.
 func (x *dupIndex[K]) clashes(order func(a, b *Service) int, fn func(k K, first, other *Service)) {
-	for k := range x.dups {
-		l := slices.Clone(x.m[k])
+	for k, l := range x.dups {
+		l := slices.Clone(l)
 		slices.SortFunc(l, order)
 		for _, s := range l[1:] {
 			fn(k, l[0], s)

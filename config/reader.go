@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -10,41 +11,69 @@ import (
 // reader reads the keys of one table with type checks, reporting every
 // problem at the key's position. Keys never asked for are reported by done
 // as unknown, with a suggestion when one of the known keys is close.
+//
+// Readers are values holding no pointer to their parent, so that the
+// 100,000 tables of a large config cost no allocation each: keep a child
+// in a variable and pass its address.
 type reader struct {
+	rc    *readCtx
+	t     *table
+	off   uint32 // where the table starts (its header, or its key)
+	where string // the table's name for messages: "service", "service.check", ...
+	start int    // the reader's part of rc.asked starts here
+}
+
+// readCtx is what a file's readers share.
+type readCtx struct {
 	src *source
 	e   *errs
-	t   *table
-	off uint32 // where the table starts (its header, or its key)
-	// The table's name for messages ("service.check") is built only when
-	// needed, from the parent's name and the key.
-	parent *reader
-	key    string
 	// The keys the decoder asked for are the known keys, for "did you
 	// mean". They go on a stack shared by a file's readers (a sub-table's
 	// reader is done before its parent reads on), so that 100,000
 	// backend tables do not each allocate a list.
-	asked *[]string
-	start int
+	asked []string
 	// record, when set (tests), collects the full name of every key asked
 	// for, to check that the reference config documents them all.
 	record map[string]bool
+	// joined caches a few table names built by join: the same few repeat
+	// for every service.
+	joined [8]joinedName
+	next   int
 }
+
+type joinedName struct{ where, key, name string }
 
 func newReader(src *source, e *errs, t *table) *reader {
-	return &reader{src: src, e: e, t: t, asked: new([]string)}
+	return &reader{rc: &readCtx{src: src, e: e}, t: t}
 }
 
-func (r *reader) child(key string, t *table, off uint32) *reader {
-	return &reader{src: r.src, e: r.e, t: t, off: off, parent: r, key: key, asked: r.asked, start: len(*r.asked), record: r.record}
+// join is where + "." + key, without allocating for a pair seen recently.
+func (c *readCtx) join(where, key string) string {
+	if where == "" {
+		return key
+	}
+	for i := range c.joined {
+		if j := &c.joined[i]; j.key == key && j.where == where && j.name != "" {
+			return j.name
+		}
+	}
+	name := where + "." + key
+	c.joined[c.next] = joinedName{where, key, name}
+	c.next = (c.next + 1) % len(c.joined)
+	return name
+}
+
+func (r *reader) child(key string, t *table, off uint32) reader {
+	return reader{rc: r.rc, t: t, off: off, where: r.rc.join(r.where, key), start: len(r.rc.asked)}
 }
 
 // known returns the keys asked for so far.
-func (r *reader) known() []string { return (*r.asked)[min(r.start, len(*r.asked)):] }
+func (r *reader) known() []string { return r.rc.asked[min(r.start, len(r.rc.asked)):] }
 
 func (r *reader) get(key string) *value {
-	*r.asked = append(*r.asked, key)
-	if r.record != nil {
-		r.record[r.name(key)] = true
+	r.rc.asked = append(r.rc.asked, key)
+	if r.rc.record != nil {
+		r.rc.record[r.name(key)] = true
 	}
 	if r.t == nil {
 		return nil
@@ -59,34 +88,26 @@ func (r *reader) get(key string) *value {
 // has reports whether key is set, without marking it read.
 func (r *reader) has(key string) bool { return r.t != nil && r.t.get(key) != nil }
 
-// where names the table for messages: "service", "service.check", ...
-func (r *reader) where() string {
-	if r.parent == nil {
-		return r.key
-	}
-	return r.parent.name(r.key)
-}
-
 // pos is the position of key, or of the table when key is absent.
 func (r *reader) pos(key string) Pos {
 	if r.t != nil {
 		if v := r.t.get(key); v != nil {
-			return r.src.pos(v.keyOff)
+			return r.rc.src.pos(v.keyOff)
 		}
 	}
 	return r.tablePos()
 }
 
 // tablePos is the position of the table's header (or key).
-func (r *reader) tablePos() Pos { return r.src.pos(r.off) }
+func (r *reader) tablePos() Pos { return r.rc.src.pos(r.off) }
 
 func (r *reader) errorf(v *value, format string, args ...any) {
-	r.e.at(r.src.pos(v.keyOff), format, args...)
+	r.rc.e.at(r.rc.src.pos(v.keyOff), format, args...)
 }
 
 func (r *reader) name(key string) string {
-	if w := r.where(); w != "" {
-		return w + "." + key
+	if r.where != "" {
+		return r.where + "." + key
 	}
 	return key
 }
@@ -187,7 +208,7 @@ func (r *reader) strs(key string) ([]string, bool) {
 	ok := true
 	for i, e := range v.arr {
 		if e.kind != kString {
-			r.e.at(r.src.pos(e.off), "%s[%d]: want a string, got %s", r.name(key), i, e.kind)
+			r.rc.e.at(r.rc.src.pos(e.off), "%s[%d]: want a string, got %s", r.name(key), i, e.kind)
 			ok = false
 			continue
 		}
@@ -210,7 +231,7 @@ func (r *reader) elems(key string) ([]*value, bool) {
 }
 
 // sub returns a reader for a sub-table; its table is nil when absent.
-func (r *reader) sub(key string) *reader {
+func (r *reader) sub(key string) reader {
 	v := r.get(key)
 	s := r.child(key, nil, r.off)
 	if v == nil {
@@ -235,10 +256,13 @@ func (r *reader) tables(key string) []*value {
 		r.typeErr(key, v, "an array of tables")
 		return nil
 	}
+	if !slices.ContainsFunc(v.arr, func(e *value) bool { return e.kind != kTable }) {
+		return v.arr // the usual case: no copy; callers only read it
+	}
 	out := make([]*value, 0, len(v.arr))
 	for i, e := range v.arr {
 		if e.kind != kTable {
-			r.e.at(r.src.pos(e.off), "%s[%d]: want a table, got %s", r.name(key), i, e.kind)
+			r.rc.e.at(r.rc.src.pos(e.off), "%s[%d]: want a table, got %s", r.name(key), i, e.kind)
 			continue
 		}
 		out = append(out, e)
@@ -247,13 +271,13 @@ func (r *reader) tables(key string) []*value {
 }
 
 // at returns a reader for a table value from tables.
-func (r *reader) at(key string, v *value) *reader {
+func (r *reader) at(key string, v *value) reader {
 	return r.child(key, v.tab, v.off)
 }
 
 // done reports keys of the table that were never asked for.
 func (r *reader) done() {
-	defer func() { *r.asked = (*r.asked)[:min(r.start, len(*r.asked))] }()
+	defer func() { r.rc.asked = r.rc.asked[:min(r.start, len(r.rc.asked))] }()
 	if r.t == nil {
 		return
 	}

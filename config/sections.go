@@ -51,7 +51,7 @@ func (d *decoder) ipvs(r *reader, m *mainSections) {
 	s := r.sub("sync")
 	m.ipvs.Sync.Enabled = s.boolean("enabled", false)
 	if ifname, ok := s.str("interface"); ok {
-		d.checkIfName(s, "interface", ifname)
+		d.checkIfName(&s, "interface", ifname)
 		m.ipvs.Sync.Interface = ifname
 	}
 	m.syncIfP = s.tablePos()
@@ -349,7 +349,7 @@ func (d *decoder) trackRefs(r *reader, key string, zeroDefault bool) []TrackRef 
 			d.e.at(ref.Pos, "%s entry needs a name", r.name(key))
 		}
 		if key == "track_interface" && ok {
-			d.checkIfName(tr, "name", name)
+			d.checkIfName(&tr, "name", name)
 		}
 		ref.Name = name
 		if w, ok := tr.integer("weight", -254, 254); ok {

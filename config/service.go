@@ -32,7 +32,7 @@ var schedulerFlags = map[string]string{
 const maxPersistence = math.MaxUint32 * time.Second
 
 func (d *decoder) service(r *reader) *Service {
-	s := &Service{Pos: r.tablePos(), at: make(positions, 0, 4)}
+	s := &Service{Pos: r.tablePos(), at: make(positions, 0, 8)}
 	at := func(key string) { // remember where set keys are, for PosOf
 		if r.has(key) {
 			s.at = append(s.at, keyPos{key, r.pos(key)})
@@ -45,10 +45,7 @@ func (d *decoder) service(r *reader) *Service {
 		s.Group = g
 		at("group")
 	}
-	label := "service"
-	if s.Name != "" {
-		label = fmt.Sprintf("service %q", s.Name)
-	}
+	label := serviceLabel(s.Name)
 
 	// Identity: address+port+protocol, or fwmark+family.
 	addr, hasAddr := r.str("address")
@@ -210,7 +207,7 @@ func (d *decoder) service(r *reader) *Service {
 		if !isFWM {
 			d.e.at(mr.tablePos(), "%s: [service.mark] is only for fwmark services (set fwmark)", label)
 		}
-		s.Mark = d.mark(mr, s.Family)
+		s.Mark = d.mark(&mr, s.Family)
 	}
 	if s.OnePacket {
 		udp := s.Protocol == UDP || (isFWM && s.Mark != nil && s.Mark.Protocol == UDP) || (isFWM && s.Mark == nil)
@@ -221,19 +218,34 @@ func (d *decoder) service(r *reader) *Service {
 
 	cr := r.sub("check")
 	checkTable := cr.t
-	s.Check = d.check(cr, nil)
+	s.Check = d.check(&cr, nil)
 
-	seen := make(map[netip.AddrPort]Pos)
-	for _, v := range r.tables("backend") {
-		if b := d.backend(r.at("backend", v), s, label, checkTable, seen); b != nil {
-			s.Backends = append(s.Backends, b)
-		}
+	// The backends of a service are allocated together.
+	tables := r.tables("backend")
+	slab := make([]Backend, len(tables))
+	s.Backends = make([]*Backend, len(tables))
+	d.seen.reset()
+	for i, v := range tables {
+		br := r.at("backend", v)
+		d.backend(&br, &slab[i], s, label, checkTable)
+		s.Backends[i] = &slab[i]
 	}
 	r.done()
 	if s.Name == "" {
 		return nil
 	}
 	return s
+}
+
+// serviceLabel names a service in messages (`service "web"`, or `service`
+// before its name is known). It is formatted only when a message is made.
+type serviceLabel string
+
+func (l serviceLabel) String() string {
+	if l == "" {
+		return "service"
+	}
+	return fmt.Sprintf("service %q", string(l))
 }
 
 func parseProtocol(s string) (Protocol, bool) {
@@ -361,8 +373,9 @@ func (d *decoder) mark(r *reader, fam Family) *Mark {
 	return m
 }
 
-func (d *decoder) backend(r *reader, s *Service, label string, checkTable *table, seen map[netip.AddrPort]Pos) *Backend {
-	b := &Backend{Pos: r.tablePos(), Weight: DefaultWeight, Forward: s.Forward}
+// backend decodes one backend of s into b.
+func (d *decoder) backend(r *reader, b *Backend, s *Service, label serviceLabel, checkTable *table) {
+	*b = Backend{Pos: r.tablePos(), Weight: DefaultWeight, Forward: s.Forward}
 	isFWM := s.FWMark > 0
 	addr, ok := r.str("address")
 	if ok {
@@ -422,15 +435,13 @@ func (d *decoder) backend(r *reader, s *Service, label string, checkTable *table
 			r.typeErr("check", v, "a table")
 		} else {
 			mr := r.child("check", mergeTables(checkTable, v.tab), v.off)
-			b.Check = d.check(mr, v.tab)
+			b.Check = d.check(&mr, v.tab)
 		}
 	}
 	if ok && b.Address.IsValid() {
 		k := b.Key()
-		if first, dup := seen[k]; dup {
+		if first, dup := d.seen.add(k, r.pos("address")); dup {
 			d.e.at(r.pos("address"), "%s: duplicate backend %s (first at %s)", label, k, first)
-		} else {
-			seen[k] = r.pos("address")
 		}
 		if b.Check.needsPort() && b.Check.Port == 0 && b.Port == 0 {
 			d.e.at(b.Pos, "%s: backend %s has no port and check.port is not set: its %s check needs a port", label, b.Address, b.Check.Type)
@@ -441,7 +452,48 @@ func (d *decoder) backend(r *reader, s *Service, label string, checkTable *table
 		}
 	}
 	r.done()
-	return b
+}
+
+// backendSet finds duplicate backends of one service: a scan while the
+// service has few, a map beyond, so the usual ten backends of each of
+// 10,000 services cost no map.
+type backendSet struct {
+	list []seenBackend
+	m    map[netip.AddrPort]Pos
+}
+
+type seenBackend struct {
+	key netip.AddrPort
+	pos Pos
+}
+
+func (bs *backendSet) reset() {
+	clear(bs.list) // drop the file names the positions hold
+	bs.list, bs.m = bs.list[:0], nil
+}
+
+// add records k at p, or returns where k was first seen.
+func (bs *backendSet) add(k netip.AddrPort, p Pos) (Pos, bool) {
+	if bs.m != nil {
+		if first, dup := bs.m[k]; dup {
+			return first, true
+		}
+		bs.m[k] = p
+		return Pos{}, false
+	}
+	for _, sb := range bs.list {
+		if sb.key == k {
+			return sb.pos, true
+		}
+	}
+	bs.list = append(bs.list, seenBackend{k, p})
+	if len(bs.list) > 32 {
+		bs.m = make(map[netip.AddrPort]Pos, 2*len(bs.list))
+		for _, sb := range bs.list {
+			bs.m[sb.key] = sb.pos
+		}
+	}
+	return Pos{}, false
 }
 
 // mergeTables overlays a backend's check table on the service's.
