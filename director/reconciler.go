@@ -188,10 +188,14 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 		inKernel[s.Key] = s
 	}
 	entries := make(map[ServiceKey]*entry, len(desired))
+	list := make([]*entry, 0, len(desired)) // in desired order, then orphans
+	slab := make([]entry, len(desired))
+	clones := newDesiredSlab(desired)
 	adopted := 0
 	for i := range desired {
 		key := desired[i].Service.Key
-		e := &entry{key: key, want: cloneDesired(&desired[i])}
+		e := &slab[i]
+		*e = entry{key: key, want: clones.clone(&desired[i])}
 		if ks, ok := inKernel[key]; ok {
 			dests, err := r.dp.Destinations(ctx, key)
 			switch {
@@ -205,6 +209,7 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 			}
 		}
 		entries[key] = e
+		list = append(list, e)
 	}
 	orphans := 0
 	for _, key := range previouslyOwned {
@@ -212,7 +217,9 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 			continue
 		}
 		if ks, ok := inKernel[key]; ok {
-			entries[key] = &entry{key: key, present: true, have: DesiredService{Service: ks}}
+			e := &entry{key: key, present: true, have: DesiredService{Service: ks}}
+			entries[key] = e
+			list = append(list, e)
 			orphans++
 		}
 	}
@@ -226,19 +233,20 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 	r.orderOK = false
 	r.ownedGen++
 	r.seq++ // a resync that read the kernel before this must not judge these entries
-	for _, e := range entries {
+	var todo []*entry
+	for _, e := range list {
 		e.touched = r.seq
-	}
-	var keys []ServiceKey
-	for k, e := range entries {
 		if e.want != nil && e.present && SameService(e.want.Service, e.have.Service) && sameDestSet(e.want.Destinations, e.have.Destinations) {
 			e.have = *e.want
 			e.inSync = true
 			continue
 		}
-		keys = append(keys, k)
+		if todo == nil {
+			todo = make([]*entry, 0, len(list))
+		}
+		todo = append(todo, e)
 	}
-	res, err := r.applyKeys(ctx, keys, nil)
+	res, err := r.applyEntries(ctx, todo, nil)
 	r.stats.Syncs++
 	r.log.Info("ipvs adopted kernel state",
 		"desired", len(desired), "adopted", adopted, "orphans_deleted", orphans,
@@ -309,7 +317,11 @@ func (r *Reconciler) Sync(ctx context.Context, desired []DesiredService) (Result
 	if len(errs) > 0 {
 		return Result{}, fmt.Errorf("sync: invalid desired state, nothing written: %w", joinCapped(errs))
 	}
-	keys := make([]ServiceKey, 0, len(changed))
+	todo := make([]*entry, 0, len(changed))
+	var clones desiredSlab // a single change is cloned on its own
+	if len(changed) > 1 {
+		clones = newDesiredSlabOf(desired, changed)
+	}
 	for _, i := range changed {
 		d := &desired[i]
 		key := d.Service.Key
@@ -322,17 +334,17 @@ func (r *Reconciler) Sync(ctx context.Context, desired []DesiredService) (Result
 			r.last[i] = e
 		}
 		e.seen = gen
-		e.want = cloneDesired(d)
-		keys = append(keys, key)
+		e.want = clones.clone(d)
+		todo = append(todo, e)
 	}
-	for key, e := range r.entries {
+	for _, e := range r.entries {
 		if e.seen != gen {
 			e.want = nil
-			keys = append(keys, key)
+			todo = append(todo, e)
 		}
 	}
 	r.stats.Syncs++
-	return r.applyKeys(ctx, keys, nil)
+	return r.applyEntries(ctx, todo, nil)
 }
 
 // SyncService makes one owned (or new) service equal to d, leaving every
@@ -358,7 +370,7 @@ func (r *Reconciler) SyncService(ctx context.Context, d DesiredService) (Result,
 		return Result{}, nil
 	}
 	e.want = cloneDesired(&d)
-	return r.applyKeys(ctx, []ServiceKey{key}, nil)
+	return r.applyEntries(ctx, []*entry{e}, nil)
 }
 
 // RemoveService deletes one owned service from the kernel and the owned set.
@@ -375,7 +387,7 @@ func (r *Reconciler) RemoveService(ctx context.Context, key ServiceKey) (Result,
 		return Result{}, nil
 	}
 	e.want = nil
-	return r.applyKeys(ctx, []ServiceKey{key}, nil)
+	return r.applyEntries(ctx, []*entry{e}, nil)
 }
 
 // Resync repairs drift between the record and the kernel, off the hot path:
@@ -459,13 +471,13 @@ func (r *Reconciler) Resync(ctx context.Context) (Result, error) {
 		}
 		e.destsUnknown = false
 	}
-	var keys []ServiceKey
-	for key, e := range r.entries {
+	var todo []*entry
+	for _, e := range r.entries {
 		if !e.inSync {
-			keys = append(keys, key)
+			todo = append(todo, e)
 		}
 	}
-	res, err := r.applyKeys(ctx, keys, drift)
+	res, err := r.applyEntries(ctx, todo, drift)
 	res.Drift += len(drift)
 	r.stats.Drift += uint64(len(drift))
 	res.Pending = 0
@@ -515,86 +527,150 @@ func (r *Reconciler) pickResyncBatch() []ServiceKey {
 	return batch
 }
 
-// applyKeys diffs, writes and records the given services, with one follow-up
-// round for services whose write answers revealed drift (e.g. EEXIST on an
-// add). drift, when non-nil, holds resync findings: each such service is
-// logged once with what was done. Caller holds mu.
-func (r *Reconciler) applyKeys(ctx context.Context, keys []ServiceKey, drift map[ServiceKey]string) (Result, error) {
+// applyChunkOps is how many writes applyEntries hands the dataplane at a
+// time (a few of ipvsdp's netlink batches), so that a full table (110,000
+// writes) is neither built as one slice nor waited for in one piece: the
+// next chunk is built and the previous one recorded while the kernel
+// works through the current one.
+const applyChunkOps = 4000
+
+// opChunk is one Apply call's writes and the services they belong to.
+type opChunk struct {
+	ops   []Op
+	spans []span
+	errs  []error // Apply's answer
+	done  chan struct{}
+}
+
+// span is the writes of one service within a chunk.
+type span struct {
+	e          *entry
+	start, end int
+}
+
+// applyEntries diffs, writes and records the given services, with one
+// follow-up round for services whose write answers revealed drift (e.g.
+// EEXIST on an add). drift, when non-nil, holds resync findings: each such
+// service is logged once with what was done. Writes go out in service-key
+// order. Caller holds mu.
+func (r *Reconciler) applyEntries(ctx context.Context, es []*entry, drift map[ServiceKey]string) (Result, error) {
+	if len(es) == 0 {
+		return Result{}, nil
+	}
 	start := time.Now()
-	spanKeys := len(keys)
+	spanKeys := len(es)
 	var res Result
 	var errs []error
 	done := make(map[ServiceKey][]string, len(drift))
 	pending := make(map[ServiceKey]bool)
-	slices.SortFunc(keys, ServiceKey.Compare)
-	for round := 0; round < 2 && len(keys) > 0; round++ {
-		r.seq++
-		type span struct {
-			key        ServiceKey
-			start, end int
+	slices.SortFunc(es, func(a, b *entry) int { return a.key.Compare(b.key) })
+	// Two chunks: while one is being applied, the other is built, then
+	// recorded once its answers are in.
+	var chunks [2]opChunk
+	size := 0 // an upper bound of the writes, to size the chunks once
+	for _, e := range es {
+		size += 1 + len(e.have.Destinations)
+		if e.want != nil {
+			size += len(e.want.Destinations)
 		}
-		n := 0
-		for _, k := range keys {
-			if e := r.entries[k]; e != nil {
-				n += 1 + len(e.have.Destinations)
-				if e.want != nil {
-					n += len(e.want.Destinations)
-				}
+		if size >= applyChunkOps {
+			size = applyChunkOps + 64 // a chunk ends after the service that fills it
+			break
+		}
+	}
+	chunks[0].ops = make([]Op, 0, size)
+	if size > applyChunkOps {
+		chunks[1].ops = make([]Op, 0, size)
+	}
+	record := func(c *opChunk, retry *[]*entry) {
+		for _, sp := range c.spans {
+			var spanErrs []error
+			if c.errs != nil {
+				spanErrs = c.errs[sp.start:sp.end]
+			}
+			ops := c.ops[sp.start:sp.end]
+			out := r.commit(sp.e, ops, spanErrs)
+			res.add(out.Result)
+			errs = append(errs, out.errs...)
+			key := sp.e.key
+			if _, resynced := drift[key]; resynced || out.Drift > 0 || done[key] != nil {
+				done[key] = append(done[key], out.summary(ops))
+			}
+			if out.Drift > 0 {
+				*retry = append(*retry, sp.e)
+			}
+			if !out.inSync {
+				pending[key] = true
+			} else if len(pending) > 0 {
+				delete(pending, key)
 			}
 		}
-		ops := make([]Op, 0, n) // an upper bound: one allocation even for 110,000 ops
-		spans := make([]span, 0, len(keys))
-		for _, k := range keys {
-			e := r.entries[k]
-			if e == nil {
+		clear(c.spans) // drop the entry pointers
+		c.ops, c.spans, c.errs = c.ops[:0], c.spans[:0], nil
+	}
+	for round := 0; round < 2 && len(es) > 0; round++ {
+		r.seq++
+		var retry []*entry
+		cur := &chunks[0]
+		var inFlight *opChunk // being applied
+		// send hands cur to the dataplane, asynchronously unless it is the
+		// last, and records the chunk applied before it.
+		send := func(last bool) {
+			prev := inFlight
+			if prev != nil {
+				<-prev.done
+				r.checkAnswers(prev)
+			}
+			inFlight = nil
+			if len(cur.ops) > 0 {
+				c := cur
+				c.done = make(chan struct{})
+				if last {
+					c.errs = r.dp.Apply(ctx, c.ops)
+					close(c.done)
+				} else {
+					go func() {
+						defer close(c.done)
+						c.errs = r.dp.Apply(ctx, c.ops)
+					}()
+				}
+				inFlight = c
+				cur = &chunks[0]
+				if c == cur {
+					cur = &chunks[1]
+				}
+			}
+			if prev != nil {
+				record(prev, &retry)
+			}
+			if last && inFlight != nil {
+				r.checkAnswers(inFlight)
+				record(inFlight, &retry)
+				inFlight = nil
+			}
+		}
+		for _, e := range es {
+			if e.dropped {
 				continue // deleted in the previous round
 			}
 			e.touched = r.seq
-			start := len(ops)
+			n := len(cur.ops)
 			var have *DesiredService
 			if e.present {
 				have = &e.have
 			}
-			ops = appendServiceOps(ops, e.want, have)
-			if len(ops) == start {
-				r.settle(k, e) // already equal: nothing to write
+			cur.ops = appendServiceOps(cur.ops, e.want, have)
+			if len(cur.ops) == n {
+				r.settle(e) // already equal: nothing to write
 				continue
 			}
-			spans = append(spans, span{k, start, len(ops)})
-		}
-		if len(ops) == 0 {
-			break
-		}
-		opErrs := r.dp.Apply(ctx, ops)
-		if opErrs != nil && len(opErrs) != len(ops) {
-			err := fmt.Errorf("dataplane returned %d results for %d writes", len(opErrs), len(ops))
-			opErrs = make([]error, len(ops))
-			for i := range opErrs {
-				opErrs[i] = err
+			cur.spans = append(cur.spans, span{e, n, len(cur.ops)})
+			if len(cur.ops) >= applyChunkOps {
+				send(false)
 			}
 		}
-		var retry []ServiceKey
-		for _, sp := range spans {
-			var spanErrs []error
-			if opErrs != nil {
-				spanErrs = opErrs[sp.start:sp.end]
-			}
-			out := r.commit(sp.key, ops[sp.start:sp.end], spanErrs)
-			res.add(out.Result)
-			errs = append(errs, out.errs...)
-			if _, resynced := drift[sp.key]; resynced || out.Drift > 0 || done[sp.key] != nil {
-				done[sp.key] = append(done[sp.key], out.summary(ops[sp.start:sp.end]))
-			}
-			if out.Drift > 0 {
-				retry = append(retry, sp.key)
-			}
-			if !out.inSync {
-				pending[sp.key] = true
-			} else {
-				delete(pending, sp.key)
-			}
-		}
-		keys = retry
+		send(true)
+		es = retry
 	}
 	res.Pending = len(pending)
 	r.stats.Drift += uint64(res.Drift)
@@ -634,6 +710,17 @@ func (r *Reconciler) applyKeys(ctx context.Context, keys []ServiceKey, drift map
 	return res, nil
 }
 
+// checkAnswers makes sure a chunk has one answer per write, or none.
+func (r *Reconciler) checkAnswers(c *opChunk) {
+	if c.errs != nil && len(c.errs) != len(c.ops) {
+		err := fmt.Errorf("dataplane returned %d results for %d writes", len(c.errs), len(c.ops))
+		c.errs = make([]error, len(c.ops))
+		for i := range c.errs {
+			c.errs[i] = err
+		}
+	}
+}
+
 // settle records that the kernel equals want for e (or that a not-desired
 // service is gone). Caller holds mu.
 func (r *Reconciler) drop(e *entry) {
@@ -643,7 +730,7 @@ func (r *Reconciler) drop(e *entry) {
 	r.ownedGen++
 }
 
-func (r *Reconciler) settle(key ServiceKey, e *entry) {
+func (r *Reconciler) settle(e *entry) {
 	if e.want == nil {
 		if !e.present {
 			r.drop(e)
@@ -660,7 +747,7 @@ type commitResult struct {
 	Result
 	inSync  bool // the service now equals its desired state (or is gone as desired)
 	errs    []error
-	outcome []string // per op: "ok", or what the kernel said
+	outcome []string // per op: "ok", or what the kernel said; nil when all were ok
 }
 
 func (c commitResult) summary(ops []Op) string {
@@ -677,7 +764,7 @@ func (c commitResult) summary(ops []Op) string {
 		if op.Kind >= OpAddDest {
 			b.WriteString(" " + op.Dest.Key.String())
 		}
-		if c.outcome[i] != "ok" {
+		if c.outcome != nil && c.outcome[i] != "ok" {
 			b.WriteString(" (" + c.outcome[i] + ")")
 		}
 	}
@@ -688,21 +775,20 @@ func (c commitResult) summary(ops []Op) string {
 // so that the record reflects what the kernel now holds: a failed write did
 // not happen, and errno answers (EEXIST, ESRCH, ENOENT) correct the record
 // where it was wrong. Caller holds mu.
-func (r *Reconciler) commit(key ServiceKey, ops []Op, errs []error) commitResult {
+func (r *Reconciler) commit(e *entry, ops []Op, errs []error) commitResult {
 	var out commitResult
-	out.outcome = make([]string, len(ops))
-	e := r.entries[key]
+	key := e.key
 	if errs == nil {
-		for i, op := range ops {
+		for _, op := range ops {
 			out.Ops[op.Kind]++
-			out.outcome[i] = "ok"
 		}
 		e.present = e.want != nil
 		e.destsUnknown = e.destsUnknown && e.present
-		r.settle(key, e)
+		r.settle(e)
 		out.inSync = true
 		return out
 	}
+	out.outcome = make([]string, len(ops))
 	// Rebuild have step by step from what actually happened.
 	dests := make(map[DestKey]Destination, len(e.have.Destinations))
 	if e.present {
@@ -838,6 +924,49 @@ func joinCapped(errs []error) error {
 	}
 	kept := append(slices.Clone(errs[:max]), fmt.Errorf("and %d more", len(errs)-max))
 	return errors.Join(kept...)
+}
+
+// desiredSlab clones desired services for the record from two slabs
+// sized up front, instead of two allocations per service.
+type desiredSlab struct {
+	ds    []DesiredService
+	dests []Destination
+}
+
+// newDesiredSlab sizes a slab for all of desired.
+func newDesiredSlab(desired []DesiredService) desiredSlab {
+	n := 0
+	for i := range desired {
+		n += len(desired[i].Destinations)
+	}
+	return desiredSlab{ds: make([]DesiredService, len(desired)), dests: make([]Destination, n)}
+}
+
+// newDesiredSlabOf sizes a slab for the services of desired at indexes.
+func newDesiredSlabOf(desired []DesiredService, indexes []int) desiredSlab {
+	n := 0
+	for _, i := range indexes {
+		n += len(desired[i].Destinations)
+	}
+	return desiredSlab{ds: make([]DesiredService, len(indexes)), dests: make([]Destination, n)}
+}
+
+// clone is cloneDesired, from the slabs while they last.
+func (s *desiredSlab) clone(d *DesiredService) *DesiredService {
+	n := len(d.Destinations)
+	if len(s.ds) == 0 || len(s.dests) < n {
+		return cloneDesired(d)
+	}
+	c := &s.ds[0]
+	s.ds = s.ds[1:]
+	*c = DesiredService{Service: d.Service, Destinations: d.Destinations[:0:0]}
+	if n > 0 {
+		c.Destinations = s.dests[:n:n]
+		copy(c.Destinations, d.Destinations)
+		s.dests = s.dests[n:]
+	}
+	c.Service.Flags &^= FlagHashed
+	return c
 }
 
 func cloneDesired(d *DesiredService) *DesiredService {

@@ -723,6 +723,61 @@ func TestSyncDoesNotKeepCallerSlices(t *testing.T) {
 	wantOps(t, fake.Writes(), `update-dest tcp:198.18.1.63:0 198.18.1.65:0 w=42 dr`)
 }
 
+// A table larger than one Apply call's chunk is written in key order, in
+// chunks, with failures and kernel answers recorded against the right
+// services, and the drift they reveal repaired in a second round.
+func TestLargeSyncInChunks(t *testing.T) {
+	ctx := context.Background()
+	fake := dptest.New()
+	r, _ := newReconciler(t, fake)
+	set := bigSet(1000, 10) // 11,000 writes: several chunks
+	failed, sneaky := set[500].Service.Key, set[700]
+	lc := sneaky.Service
+	lc.Scheduler = "lc"
+	fake.Put(lc, director.Destination{Key: sneaky.Destinations[0].Key, Weight: 5, Forward: director.ForwardDR})
+	fake.ResetWrites()
+	fake.SetFault(func(op director.Op) error {
+		if op.Kind == director.OpAddService && op.Service.Key == failed {
+			return syscall.ENOMEM
+		}
+		return nil
+	})
+	res, err := r.Sync(ctx, set)
+	if !errors.Is(err, syscall.ENOMEM) || !strings.HasPrefix(err.Error(), "1 ipvs writes failed: add-service "+failed.String()) {
+		t.Fatalf("want one ENOMEM, got %v", err)
+	}
+	var want director.Result
+	want.Ops[director.OpAddService] = 998
+	want.Ops[director.OpUpdateService] = 1
+	want.Ops[director.OpAddDest] = 10000 - 10 - 1
+	want.Ops[director.OpUpdateDest] = 1
+	want.Failed[director.OpAddService] = 1
+	want.Failed[director.OpAddDest] = 10
+	want.Drift, want.Pending = 2, 1
+	if res != want {
+		t.Fatalf("result\n got %+v\nwant %+v", res, want)
+	}
+	first, err := director.Diff(set, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writes := fake.Writes()
+	if len(writes) != len(first)+2 {
+		t.Fatalf("%d writes, want %d", len(writes), len(first)+2)
+	}
+	wantOps(t, writes[:len(first)], opsString(first))
+	wantOps(t, writes[len(first):], `
+		update-service tcp:198.18.2.188:80 rr flags=0x0 t=0s bits=32
+		update-dest tcp:198.18.2.188:80 198.19.0.200:80 w=1 dr
+	`)
+	fake.SetFault(nil)
+	fake.ResetWrites()
+	if res, err := r.Sync(ctx, set); err != nil || res.Ops.Total() != 11 || res.Pending != 0 {
+		t.Fatalf("retry: %+v, %v", res, err)
+	}
+	wantTable(t, fake, set)
+}
+
 // bigSet builds n services × m destinations.
 func bigSet(n, m int) []director.DesiredService {
 	set := make([]director.DesiredService, n)
@@ -777,6 +832,28 @@ func BenchmarkInitialSync10k(b *testing.B) {
 		r := director.New(fake, nil)
 		b.StartTimer()
 		res, err := r.Sync(ctx, set)
+		if err != nil {
+			b.Fatal(err)
+		}
+		writes += res.Ops.Total()
+	}
+	b.ReportMetric(float64(writes)/float64(b.N), "writes/op")
+}
+
+// BenchmarkAdoptEmpty10k is lvsd's start on an empty kernel: adopting
+// nothing and writing 10,000 services × 10 destinations.
+func BenchmarkAdoptEmpty10k(b *testing.B) {
+	ctx := context.Background()
+	set := bigSet(10000, 10)
+	var writes uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		fake := dptest.New()
+		fake.RecordWrites(false)
+		r := director.New(fake, nil)
+		b.StartTimer()
+		res, err := r.Adopt(ctx, set, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -141,16 +141,20 @@ func (d *DesiredService) Validate() error {
 		}
 	}
 	if len(d.Destinations) > 1 {
-		keys := make([]DestKey, len(d.Destinations))
-		for i := range d.Destinations {
-			keys[i] = d.Destinations[i].Key
+		// Duplicates are neighbours in key order. Destinations usually come
+		// sorted (the daemon sorts them), and then need no copy.
+		ds := d.Destinations
+		if !slices.IsSortedFunc(ds, destKeyOrder) {
+			ds = slices.Clone(ds)
+			slices.SortFunc(ds, destKeyOrder)
 		}
-		slices.SortFunc(keys, DestKey.Compare)
-		for i := 1; i < len(keys); i++ {
-			if keys[i] == keys[i-1] && (i == 1 || keys[i-2] != keys[i]) {
-				errs = append(errs, fmt.Errorf("service %s: destination %s listed more than once", key, keys[i]))
+		for i := 1; i < len(ds); i++ {
+			if k := ds[i].Key; k == ds[i-1].Key && (i == 1 || ds[i-2].Key != k) {
+				errs = append(errs, fmt.Errorf("service %s: destination %s listed more than once", key, k))
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
+
+func destKeyOrder(a, b Destination) int { return a.Key.Compare(b.Key) }
