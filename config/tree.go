@@ -40,11 +40,11 @@ type value struct {
 	kind   kind
 	aot    bool   // array created by [[header]] (only those may be extended)
 	used   bool   // read by the decoder; unread keys are unknown keys
+	b      bool   // kBool (here, not after num: 72 bytes, not 80)
 	off    uint32 // byte offset of the value (of the header for tables from one)
 	keyOff uint32 // byte offset of the key naming this value; = off for array elements
 	str    string // kString; raw text for kFloat and kDatetime
 	num    int64
-	b      bool
 	arr    []*value
 	tab    *table
 }
