@@ -164,13 +164,22 @@ type Outcome struct {
 //
 // Two backends with the same address and port are an error.
 func Evaluate(p Policy, prev healthcheck.State, backends []Backend) (Outcome, error) {
-	seen := make(map[director.DestKey]bool, len(backends))
+	var seen map[director.DestKey]bool // only for many backends: a few are compared directly
+	if len(backends) > 16 {
+		seen = make(map[director.DestKey]bool, len(backends))
+	}
 	var out Outcome
-	for _, b := range backends {
-		if seen[b.Dest.Key] {
+	for i, b := range backends {
+		dup := false
+		if seen != nil {
+			dup = seen[b.Dest.Key]
+			seen[b.Dest.Key] = true
+		} else {
+			dup = slices.ContainsFunc(backends[:i], func(o Backend) bool { return o.Dest.Key == b.Dest.Key })
+		}
+		if dup {
 			return Outcome{}, fmt.Errorf("backend %s listed twice", b.Dest.Key)
 		}
-		seen[b.Dest.Key] = true
 		if b.Health == healthcheck.StateUp {
 			out.HealthyWeight += b.EffectiveWeight()
 		}
