@@ -24,6 +24,7 @@ import (
 	"github.com/lvsd/lvsd/director/fwmark"
 	"github.com/lvsd/lvsd/director/ipvsdp"
 	"github.com/lvsd/lvsd/healthcheck"
+	"github.com/lvsd/lvsd/healthcheck/policy"
 	"github.com/lvsd/lvsd/internal/atomicfile"
 	"github.com/lvsd/lvsd/metrics"
 	"github.com/lvsd/lvsd/opstate"
@@ -87,6 +88,8 @@ type engine struct {
 	resyncT  *ticker                            // the loop's resync timer; a reload re-arms it
 	lastOps  director.OpCounts
 	lastFail director.OpCounts
+	// composeBuf is compose's scratch space.
+	composeBuf []policy.Backend
 	// ownedSaved is the reconciler's OwnedVersion last persisted (valid
 	// when ownedSavedOK): saveOwned skips an unchanged set.
 	ownedSaved   uint64
@@ -336,8 +339,13 @@ func (e *engine) startDirector(ctx context.Context) error {
 	if err := e.ensureDataplane(ctx); err != nil {
 		return err
 	}
+	if len(e.views) == 0 && len(e.quorum) == 0 {
+		e.views = make(map[string][]backendView, len(e.cfg.Services))
+		e.quorum = make(map[string]healthcheck.State, len(e.cfg.Services))
+	}
+	recs := recordsByService(e.store.Records()) // not ForService 10,000 times
 	for _, s := range e.cfg.Services {
-		e.views[s.Name] = effectiveBackends(s, e.store.ForService(s.Name))
+		e.views[s.Name] = effectiveBackends(s, recs[s.Name])
 	}
 	e.mon = healthcheck.NewMonitor(healthcheck.Options{
 		Logger:       e.log,
@@ -484,7 +492,7 @@ func (e *engine) composeAll() []director.DesiredService {
 
 // compose computes one service's desired state and tracks its quorum.
 func (e *engine) compose(s *config.Service) (director.DesiredService, bool) {
-	d, out, err := composeService(s, e.views[s.Name], e.health, e.quorum[s.Name])
+	d, out, err := composeWith(&e.composeBuf, s, e.views[s.Name], e.health, e.quorum[s.Name])
 	if err != nil {
 		e.log.Error("compose desired state", "service", s.Name, "err", err)
 		return director.DesiredService{}, false

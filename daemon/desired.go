@@ -27,10 +27,15 @@ type backendView struct {
 // backends. Removed backends are kept (flagged) so status can show them.
 func effectiveBackends(s *config.Service, recs []opstate.Record) []backendView {
 	out := make([]backendView, 0, len(s.Backends)+len(recs))
-	index := make(map[netip.AddrPort]int, len(s.Backends))
 	for _, b := range s.Backends {
-		index[b.Key()] = len(out)
 		out = append(out, backendView{Key: b.Key(), Dest: destOf(b), Check: b.Check, Origin: "config"})
+	}
+	if len(recs) == 0 {
+		return out
+	}
+	index := make(map[netip.AddrPort]int, len(s.Backends))
+	for i, v := range out {
+		index[v.Key] = i
 	}
 	for _, r := range recs {
 		i, ok := index[r.Backend]
@@ -57,13 +62,37 @@ func effectiveBackends(s *config.Service, recs []opstate.Record) []backendView {
 	return out
 }
 
+// recordsByService groups operator records by service, keeping their order
+// (what Store.ForService returns for each).
+func recordsByService(recs []opstate.Record) map[string][]opstate.Record {
+	if len(recs) == 0 {
+		return nil
+	}
+	out := make(map[string][]opstate.Record)
+	for _, r := range recs {
+		out[r.Service] = append(out[r.Service], r)
+	}
+	return out
+}
+
 // healthOf answers a backend's health: its state and dynamic weight.
 type healthOf func(k healthcheck.Key) (healthcheck.State, int)
 
 // composeService is the desired IPVS state of one service: config, then
 // operator overrides, then health (with the service's failure policy).
 func composeService(s *config.Service, views []backendView, health healthOf, prevQuorum healthcheck.State) (director.DesiredService, policy.Outcome, error) {
-	bs := make([]policy.Backend, 0, len(views))
+	return composeWith(nil, s, views, health, prevQuorum)
+}
+
+// composeWith is composeService with a scratch buffer for the policy's
+// input, which it does not keep: composing 10,000 services reuses one.
+func composeWith(scratch *[]policy.Backend, s *config.Service, views []backendView, health healthOf, prevQuorum healthcheck.State) (director.DesiredService, policy.Outcome, error) {
+	var bs []policy.Backend
+	if scratch != nil {
+		bs = (*scratch)[:0]
+		defer func() { *scratch = bs[:0] }()
+	}
+	bs = slices.Grow(bs, len(views))
 	for _, v := range views {
 		if v.Removed || v.Admin == opstate.Disabled {
 			continue
