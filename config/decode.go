@@ -57,11 +57,20 @@ type decoder struct {
 }
 
 // decodeFile parses and decodes one file's text.
-func decodeFile(file string, data []byte) *fragment {
+func decodeFile(file string, data []byte) *fragment { return decodeFileIn(nil, file, data) }
+
+// decodeFileIn is decodeFile with the parse tree in a (nil: no reuse),
+// which it resets first: the previous file's tree must be dead.
+func decodeFileIn(a *treeArena, file string, data []byte) *fragment {
 	src := &source{file: file, data: data}
+	if a != nil {
+		a.reset()
+		src.lineStarts = a.lines[:0]
+		defer func() { a.lines = src.lineStarts[:0] }()
+	}
 	e := &errs{}
 	f := &fragment{file: file}
-	root, ok := parseTree(src, e)
+	root, ok := parseTreeIn(a, src, e)
 	f.syntaxOK = ok
 	if ok {
 		d := &decoder{src: src, e: e, dir: filepath.Dir(file), f: f}

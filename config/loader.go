@@ -105,6 +105,7 @@ func (l *Loader) Load(path string) (*Config, error) {
 	next := make(map[string]cached)
 	var frags []*fragment
 	decoded := make(map[string]fileResult) // by prefetch
+	var arena treeArena                    // for the files decoded here, one at a time
 	var visit func(file string, from Pos) bool
 	visit = func(file string, from Pos) bool {
 		if _, done := next[file]; done {
@@ -112,7 +113,7 @@ func (l *Loader) Load(path string) (*Config, error) {
 		}
 		r, ok := decoded[file]
 		if !ok {
-			r.frag, r.id, r.err = l.file(file)
+			r.frag, r.id, r.err = l.file(&arena, file)
 		}
 		frag, id, err := r.frag, r.id, r.err
 		if err != nil {
@@ -181,13 +182,14 @@ func (l *Loader) prefetch(paths []string, visited map[string]cached, decoded map
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
+			var arena treeArena // one file's tree at a time
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(todo) {
 					return
 				}
 				r := &results[i]
-				r.frag, r.id, r.err = l.file(todo[i])
+				r.frag, r.id, r.err = l.file(&arena, todo[i])
 			}
 		})
 	}
@@ -197,8 +199,9 @@ func (l *Loader) prefetch(paths []string, visited map[string]cached, decoded map
 	}
 }
 
-// file returns the decoded file, from the cache when unchanged.
-func (l *Loader) file(path string) (*fragment, fileID, error) {
+// file returns the decoded file, from the cache when unchanged; a parse
+// tree, if needed, is built in arena.
+func (l *Loader) file(arena *treeArena, path string) (*fragment, fileID, error) {
 	id, isDir, err := l.files().stat(path)
 	if err != nil {
 		return nil, id, bare(err)
@@ -213,7 +216,7 @@ func (l *Loader) file(path string) (*fragment, fileID, error) {
 	if err != nil {
 		return nil, id, bare(err)
 	}
-	return decodeFile(path, data), id, nil
+	return decodeFileIn(arena, path, data), id, nil
 }
 
 func hasMeta(p string) bool {

@@ -112,8 +112,8 @@ type source struct {
 }
 
 func (s *source) pos(off uint32) Pos {
-	if s.lineStarts == nil {
-		s.lineStarts = append(make([]int, 0, bytes.Count(s.data, []byte{'\n'})+1), 0)
+	if len(s.lineStarts) == 0 { // not built yet (it may hold a reused array)
+		s.lineStarts = append(slices.Grow(s.lineStarts[:0], bytes.Count(s.data, []byte{'\n'})+1), 0)
 		for i := 0; ; {
 			j := bytes.IndexByte(s.data[i:], '\n')
 			if j < 0 {
@@ -153,13 +153,87 @@ func (s *source) lineOf(o int) int {
 	return line
 }
 
+// treeArena keeps the slabs of a parse tree for the next file: nothing
+// decoded points into a file's tree, so once the file is decoded its tree
+// is dead, and a worker decoding a hundred files reuses one file's slabs
+// (and parser and line index) instead of leaving a hundred trees to the
+// garbage collector. The zero treeArena is ready to use; a nil one
+// allocates afresh for every file.
+type treeArena struct {
+	values [][]value
+	tables [][]table
+	keys   [][]string
+	ptrs   [][]*value // tables' values and arrays' elements
+	// chunks of each handed out since the last reset
+	nv, nt, nk, np int
+	parser         unstable.Parser
+	lines          []int
+}
+
+// Slab sizes: values and tables, and the entries of tables and arrays.
+const (
+	valueSlab = 256
+	tableSlab = 64
+	entrySlab = 1024
+)
+
+// reset makes every slab free for the next file's tree; the previous tree
+// must be dead.
+func (a *treeArena) reset() {
+	if a != nil {
+		a.nv, a.nt, a.nk, a.np = 0, 0, 0, 0
+	}
+}
+
+// chunk hands out the next slab of *list, zeroed, allocating it the first
+// time.
+func chunk[T any](list *[][]T, n *int, size int) []T {
+	if *n == len(*list) {
+		*list = append(*list, make([]T, size))
+	} else {
+		clear((*list)[*n])
+	}
+	c := (*list)[*n]
+	*n++
+	return c
+}
+
+func (a *treeArena) valueSlab() []value {
+	if a == nil {
+		return make([]value, valueSlab)
+	}
+	return chunk(&a.values, &a.nv, valueSlab)
+}
+
+func (a *treeArena) tableSlab() []table {
+	if a == nil {
+		return make([]table, tableSlab)
+	}
+	return chunk(&a.tables, &a.nt, tableSlab)
+}
+
+func (a *treeArena) keySlab() []string {
+	if a == nil {
+		return make([]string, entrySlab)
+	}
+	return chunk(&a.keys, &a.nk, entrySlab)
+}
+
+func (a *treeArena) ptrSlab() []*value {
+	if a == nil {
+		return make([]*value, entrySlab)
+	}
+	return chunk(&a.ptrs, &a.np, entrySlab)
+}
+
 // treeBuilder applies one file's expressions to its root table.
 type treeBuilder struct {
-	src  *source
-	p    *unstable.Parser
-	root *table
-	cur  *table
-	errs *errs
+	src   *source
+	p     *unstable.Parser
+	root  *table
+	cur   *table
+	errs  *errs
+	arena *treeArena // nil: no reuse
 
 	parts []keyPart
 	names internTable // interned key names: configs repeat a few keys
@@ -176,9 +250,6 @@ type treeBuilder struct {
 	afree []*value
 	lastA *value
 }
-
-// entrySlab is how many table entries one slab holds.
-const entrySlab = 1024
 
 // set adds k = v to t, growing t's slices in the builder's slabs: a table
 // is filled by consecutive lines, so it usually grows in place at the end
@@ -227,9 +298,8 @@ func (b *treeBuilder) regrow(t *table) {
 		b.last = nil
 	}
 	n := len(t.keys)
-	if len(b.kfree) <= n {
-		size := max(entrySlab, 4*(n+1))
-		b.kfree, b.vfree = make([]string, size), make([]*value, size)
+	if len(b.kfree) <= n { // n < slabGrowLimit: a slab has room
+		b.kfree, b.vfree = b.arena.keySlab(), b.arena.ptrSlab()
 	}
 	copy(b.kfree, t.keys)
 	copy(b.vfree, t.vals)
@@ -239,7 +309,7 @@ func (b *treeBuilder) regrow(t *table) {
 
 func (b *treeBuilder) newValue() *value {
 	if len(b.vslab) == 0 {
-		b.vslab = make([]value, 256)
+		b.vslab = b.arena.valueSlab()
 	}
 	v := &b.vslab[0]
 	b.vslab = b.vslab[1:]
@@ -248,7 +318,7 @@ func (b *treeBuilder) newValue() *value {
 
 func (b *treeBuilder) newTable(h how) *table {
 	if len(b.tslab) == 0 {
-		b.tslab = make([]table, 64)
+		b.tslab = b.arena.tableSlab()
 	}
 	t := &b.tslab[0]
 	b.tslab = b.tslab[1:]
@@ -295,8 +365,18 @@ func (t *internTable) intern(name []byte) string {
 // parse (the tree then holds only what came before it). Violations of TOML's
 // table rules are reported and the offending expression is skipped, so more
 // than one can be reported per file.
-func parseTree(src *source, e *errs) (*table, bool) {
-	b := &treeBuilder{src: src, p: &unstable.Parser{}, root: newTable(hHeader), errs: e}
+func parseTree(src *source, e *errs) (*table, bool) { return parseTreeIn(nil, src, e) }
+
+// parseTreeIn is parseTree with the tree's memory from a, when not nil;
+// the tree lives until a's next reset.
+func parseTreeIn(a *treeArena, src *source, e *errs) (*table, bool) {
+	b := &treeBuilder{src: src, errs: e, arena: a}
+	if a != nil {
+		b.p = &a.parser
+	} else {
+		b.p = &unstable.Parser{}
+	}
+	b.root = b.newTable(hHeader)
 	b.cur = b.root
 	b.p.Reset(src.data)
 	for b.p.NextExpression() {

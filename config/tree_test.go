@@ -3,6 +3,8 @@ package config
 import (
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -239,6 +241,46 @@ func TestPositions(t *testing.T) {
 		want := Pos{"f", strings.Count(before, "\n") + 1, len([]rune(before[strings.LastIndexByte(before, '\n')+1:])) + 1}
 		if got := src.pos(uint32(off)); got != want {
 			t.Fatalf("pos(%d) = %v, want %v", off, got, want)
+		}
+	}
+}
+
+// A file decoded in a reused arena decodes exactly as in a fresh one,
+// whatever the arena held before, broken files included.
+func TestArenaReuseDecodesAlike(t *testing.T) {
+	paths, err := filepath.Glob("../configs/*.toml")
+	if err != nil || len(paths) == 0 {
+		t.Fatal("no example configs", err)
+	}
+	type doc struct {
+		name string
+		data []byte
+	}
+	var docs []doc
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, doc{p, data})
+	}
+	docs = append(docs,
+		doc{"/c/big.toml", []byte(serviceFile(0, 50, 12, 3))},
+		doc{"/c/growth.toml", []byte(growthCases()[3])},
+		doc{"/c/broken.toml", []byte(serviceFile(0, 3, 2, 1) + "[[service]\nname = \"broken\"\n")},
+		doc{"/c/bad.toml", []byte(serviceFile(0, 3, 2, 70000) + "[[service]]\nname = \"svc-0\"\nadress = \"x\"\n")},
+	)
+	for _, d := range tomlCases {
+		docs = append(docs, doc{"/c/case.toml", []byte(d)})
+	}
+	var a treeArena
+	for round := range 2 {
+		for i := range docs {
+			d := docs[(i*7+round*3)%len(docs)]
+			got, want := decodeFileIn(&a, d.name, d.data), decodeFile(d.name, d.data)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("%s decodes differently in a reused arena:\n got %+v\nwant %+v", d.name, got, want)
+			}
 		}
 	}
 }
