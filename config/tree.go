@@ -101,29 +101,33 @@ func (t *table) set(k string, v *value) {
 	}
 }
 
-// source is one file's text with a lazily built line index for positions.
+// source is one file's text with a line index for positions, built as far
+// as positions are asked for (they mostly come in file order), in one pass.
 type source struct {
 	file       string
 	data       []byte
-	lineStarts []int
+	lineStarts []int // of every line that starts before scanned
+	scanned    int
 	// the last position computed: columns of later offsets on the same
 	// line continue from it, so many errors on one long line stay linear.
 	lastLine, lastOff, lastCol int
 }
 
 func (s *source) pos(off uint32) Pos {
-	if len(s.lineStarts) == 0 { // not built yet (it may hold a reused array)
-		s.lineStarts = append(slices.Grow(s.lineStarts[:0], bytes.Count(s.data, []byte{'\n'})+1), 0)
-		for i := 0; ; {
-			j := bytes.IndexByte(s.data[i:], '\n')
-			if j < 0 {
-				break
-			}
-			i += j + 1
-			s.lineStarts = append(s.lineStarts, i)
-		}
-	}
 	o := min(int(off), len(s.data))
+	if len(s.lineStarts) == 0 { // none yet (it may hold a reused array)
+		s.lineStarts, s.scanned = append(s.lineStarts[:0], 0), 0
+	}
+	// Index the lines up to the end of o's line.
+	for s.scanned <= o && s.scanned < len(s.data) {
+		j := bytes.IndexByte(s.data[s.scanned:], '\n')
+		if j < 0 {
+			s.scanned = len(s.data)
+			break
+		}
+		s.scanned += j + 1
+		s.lineStarts = append(s.lineStarts, s.scanned)
+	}
 	line := s.lineOf(o)
 	from, col := s.lineStarts[line], 1
 	if line == s.lastLine && o >= s.lastOff && s.lastCol > 0 {
@@ -577,7 +581,7 @@ func (b *treeBuilder) value(n *unstable.Node) *value {
 	case unstable.Bool:
 		v.kind, v.b = kBool, n.Data[0] == 't'
 	case unstable.Integer:
-		i, err := parseInt(string(n.Data))
+		i, err := parseIntBytes(n.Data)
 		if err != nil {
 			b.fail(v.off, "integer %s does not fit in 64 bits", n.Data)
 			return nil
@@ -645,9 +649,35 @@ func closeValue(v *value) {
 	}
 }
 
-// parseInt parses a TOML integer the parser has already checked for syntax
-// (sign, radix prefix, underscores, no leading zeros).
-func parseInt(s string) (int64, error) {
+// parseIntBytes parses a TOML integer the parser has already checked for
+// syntax (sign, radix prefix, underscores, no leading zeros). Short plain
+// decimals (ports, weights: nearly every integer of a config) are read from
+// the bytes, without making a string.
+func parseIntBytes(b []byte) (int64, error) {
+	if len(b) > 0 && len(b) <= 18 {
+		neg, d := false, b
+		if d[0] == '+' || d[0] == '-' {
+			neg, d = d[0] == '-', d[1:]
+		}
+		n, ok := int64(0), len(d) > 0
+		for _, c := range d {
+			if c < '0' || c > '9' {
+				ok = false
+				break
+			}
+			n = n*10 + int64(c-'0')
+		}
+		if ok {
+			if neg {
+				n = -n
+			}
+			return n, nil
+		}
+	}
+	return parseIntText(string(b))
+}
+
+func parseIntText(s string) (int64, error) {
 	s = strings.ReplaceAll(s, "_", "")
 	if len(s) > 2 && s[0] == '0' {
 		switch s[1] {
