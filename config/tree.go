@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"slices"
 	"strconv"
@@ -118,15 +117,16 @@ func (s *source) pos(off uint32) Pos {
 	if len(s.lineStarts) == 0 { // none yet (it may hold a reused array)
 		s.lineStarts, s.scanned = append(s.lineStarts[:0], 0), 0
 	}
-	// Index the lines up to the end of o's line.
-	for s.scanned <= o && s.scanned < len(s.data) {
-		j := bytes.IndexByte(s.data[s.scanned:], '\n')
-		if j < 0 {
+	// Index the lines up to the end of o's line. Config lines are short: a
+	// plain loop beats bytes.IndexByte's vector setup per line (by far in
+	// the lab VM's emulated CPU).
+	for i := s.scanned; s.scanned <= o && i < len(s.data); i++ {
+		if s.data[i] == '\n' {
+			s.scanned = i + 1
+			s.lineStarts = append(s.lineStarts, s.scanned)
+		} else if i == len(s.data)-1 {
 			s.scanned = len(s.data)
-			break
 		}
-		s.scanned += j + 1
-		s.lineStarts = append(s.lineStarts, s.scanned)
 	}
 	line := s.lineOf(o)
 	from, col := s.lineStarts[line], 1
