@@ -122,21 +122,29 @@ func (d *Dataplane) Apply(ctx context.Context, ops []director.Op) []error {
 		errs[i] = fmt.Errorf("ipvsdp: %s: %w", ops[i], err)
 	}
 	// Convert and send in chunks, so a full table (110,000 ops) is not held
-	// twice; ipvsnl batches within each chunk.
-	nlOps := make([]ipvsnl.Op, 0, min(len(ops), applyChunk))
-	index := make([]int, 0, cap(nlOps))
+	// twice; ipvsnl batches within each chunk. The next chunk is converted
+	// while the kernel works through the current one.
+	cur := convPool.Get().(*convChunk)
+	defer convPool.Put(cur)
+	cur.convert(ops, 0)
+	var next *convChunk
 	for start := 0; start < len(ops); start += applyChunk {
-		nlOps, index = nlOps[:0], index[:0]
-		for i := start; i < min(start+applyChunk, len(ops)); i++ {
-			o, err := toNLOp(ops[i])
-			if err != nil {
-				fail(i, err)
-				continue
+		var converted chan struct{}
+		if n := start + applyChunk; n < len(ops) {
+			if next == nil {
+				next = convPool.Get().(*convChunk)
+				defer convPool.Put(next)
 			}
-			nlOps = append(nlOps, o)
-			index = append(index, i)
+			converted = make(chan struct{})
+			go func() {
+				defer close(converted)
+				next.convert(ops, n)
+			}()
 		}
-		for k, err := range d.writer.Apply(ctx, nlOps) {
+		for _, b := range cur.bad {
+			fail(b.index, b.err)
+		}
+		for k, err := range d.writer.Apply(ctx, cur.nl) {
 			if err == nil {
 				continue
 			}
@@ -144,10 +152,48 @@ func (d *Dataplane) Apply(ctx context.Context, ops []director.Op) []error {
 			if errors.As(err, &oe) {
 				err = oe.Err
 			}
-			fail(index[k], err)
+			fail(cur.index[k], err)
+		}
+		if converted != nil {
+			<-converted
+			cur, next = next, cur
 		}
 	}
 	return errs
+}
+
+// convChunk is one chunk of Apply's ops in ipvsnl's form.
+type convChunk struct {
+	nl    []ipvsnl.Op
+	index []int // of each nl op in Apply's ops
+	bad   []badOp
+}
+
+// badOp is an op that could not be converted: it fails without being sent.
+type badOp struct {
+	index int
+	err   error
+}
+
+// convPool keeps conversion buffers (1.3 MB each) between Apply calls: a
+// reconciler applies a full table in a few calls.
+var convPool = sync.Pool{New: func() any {
+	return &convChunk{nl: make([]ipvsnl.Op, 0, applyChunk), index: make([]int, 0, applyChunk)}
+}}
+
+// convert converts the chunk of ops that starts at start.
+func (c *convChunk) convert(ops []director.Op, start int) {
+	clear(c.bad)
+	c.nl, c.index, c.bad = c.nl[:0], c.index[:0], c.bad[:0]
+	for i := start; i < min(start+applyChunk, len(ops)); i++ {
+		o, err := toNLOp(ops[i])
+		if err != nil {
+			c.bad = append(c.bad, badOp{i, err})
+			continue
+		}
+		c.nl = append(c.nl, o)
+		c.index = append(c.index, i)
+	}
 }
 
 // applyChunk is how many ops Apply converts at a time: a few sendmsg
