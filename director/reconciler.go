@@ -528,11 +528,11 @@ func (r *Reconciler) pickResyncBatch() []ServiceKey {
 }
 
 // applyChunkOps is how many writes applyEntries hands the dataplane at a
-// time (a few of ipvsdp's netlink batches), so that a full table (110,000
+// time (16 of ipvsdp's netlink batches), so that a full table (110,000
 // writes) is neither built as one slice nor waited for in one piece: the
 // next chunk is built and the previous one recorded while the kernel
 // works through the current one.
-const applyChunkOps = 4000
+const applyChunkOps = 16000
 
 // opChunk is one Apply call's writes and the services they belong to.
 type opChunk struct {

@@ -730,8 +730,8 @@ func TestLargeSyncInChunks(t *testing.T) {
 	ctx := context.Background()
 	fake := dptest.New()
 	r, _ := newReconciler(t, fake)
-	set := bigSet(1000, 10) // 11,000 writes: several chunks
-	failed, sneaky := set[500].Service.Key, set[700]
+	set := bigSet(3000, 10) // 33,000 writes: several chunks
+	failed, sneaky := set[1500].Service.Key, set[2900]
 	lc := sneaky.Service
 	lc.Scheduler = "lc"
 	fake.Put(lc, director.Destination{Key: sneaky.Destinations[0].Key, Weight: 5, Forward: director.ForwardDR})
@@ -747,9 +747,9 @@ func TestLargeSyncInChunks(t *testing.T) {
 		t.Fatalf("want one ENOMEM, got %v", err)
 	}
 	var want director.Result
-	want.Ops[director.OpAddService] = 998
+	want.Ops[director.OpAddService] = 2998
 	want.Ops[director.OpUpdateService] = 1
-	want.Ops[director.OpAddDest] = 10000 - 10 - 1
+	want.Ops[director.OpAddDest] = 30000 - 10 - 1
 	want.Ops[director.OpUpdateDest] = 1
 	want.Failed[director.OpAddService] = 1
 	want.Failed[director.OpAddDest] = 10
@@ -767,8 +767,8 @@ func TestLargeSyncInChunks(t *testing.T) {
 	}
 	wantOps(t, writes[:len(first)], opsString(first))
 	wantOps(t, writes[len(first):], `
-		update-service tcp:198.18.2.188:80 rr flags=0x0 t=0s bits=32
-		update-dest tcp:198.18.2.188:80 198.19.0.200:80 w=1 dr
+		update-service tcp:198.18.11.84:80 rr flags=0x0 t=0s bits=32
+		update-dest tcp:198.18.11.84:80 198.19.0.150:80 w=1 dr
 	`)
 	fake.SetFault(nil)
 	fake.ResetWrites()
