@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -114,7 +115,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 		quorum:   map[string]healthcheck.State{},
 		inKernel: map[string]director.DesiredService{},
 	}
+	// The first load allocates little but the config it keeps (parse trees
+	// are recycled): collections during it would mostly re-mark that
+	// growing heap, so they are made rarer.
+	restoreGC := relaxGC(loadGCPercent)
 	cfg, err := e.loader.Load(opts.ConfigPath)
+	restoreGC()
 	if err != nil {
 		return err
 	}
@@ -206,6 +212,20 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 	cancelAPI()
 	return runErr
+}
+
+// loadGCPercent is the garbage collector's GOGC during the first load.
+const loadGCPercent = 400
+
+// relaxGC sets GOGC to percent unless it is off or higher already, and
+// returns what restores it.
+func relaxGC(percent int) (restore func()) {
+	prev := debug.SetGCPercent(percent)
+	if prev < 0 || prev >= percent {
+		debug.SetGCPercent(prev)
+		return func() {}
+	}
+	return func() { debug.SetGCPercent(prev) }
 }
 
 // waitJoined holds READY until the node has joined its cluster (memberlist

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"testing"
 
 	"github.com/lvsd/lvsd/director"
@@ -79,5 +80,32 @@ func BenchmarkStartCold10k(b *testing.B) {
 		}
 		e.stopDirector()
 		b.StartTimer()
+	}
+}
+
+func TestRelaxGC(t *testing.T) {
+	orig := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(orig)
+	restore := relaxGC(400)
+	if got := debug.SetGCPercent(400); got != 400 {
+		t.Errorf("GOGC during the load %d, want 400", got)
+	}
+	restore()
+	if got := debug.SetGCPercent(-1); got != 100 {
+		t.Errorf("GOGC after %d, want 100 again", got)
+	}
+	// GOGC=off (or a higher GOGC) is the operator's: left alone.
+	restore = relaxGC(400)
+	if got := debug.SetGCPercent(-1); got != -1 {
+		t.Errorf("GOGC=off became %d", got)
+	}
+	restore()
+	if got := debug.SetGCPercent(800); got != -1 {
+		t.Errorf("GOGC=off restored as %d", got)
+	}
+	restore = relaxGC(400)
+	restore()
+	if got := debug.SetGCPercent(100); got != 800 {
+		t.Errorf("GOGC=800 became %d", got)
 	}
 }
