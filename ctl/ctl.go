@@ -410,9 +410,22 @@ func printStatus(w io.Writer, st api.Status) {
 		return
 	}
 	fmt.Fprintln(w, "\nServices:")
-	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
-	fmt.Fprintln(tw, "Prot LocalAddress:Port\tScheduler Flags\t\t\t\t\t\t")
-	fmt.Fprintln(tw, "  -> RemoteAddress:Port\tForward\tWeight\tActiveConn\tInActConn\tHealth\tAdmin\tLast change")
+	// Backend rows share column widths across services; a service's line
+	// spans the columns (its flags must not widen Forward), as in ipvsadm.
+	header := []string{"  -> RemoteAddress:Port", "Forward", "Weight", "ActiveConn", "InActConn", "Health", "Admin", "Last change"}
+	type block struct {
+		head string // first column of the service line
+		rest string
+		rows [][]string
+	}
+	var blocks []block
+	widths := make([]int, len(header))
+	fit := func(row []string) {
+		for i, c := range row {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	fit(header)
 	for _, s := range st.Services {
 		flags := s.Scheduler
 		if s.Persistent {
@@ -435,30 +448,52 @@ func printStatus(w io.Writer, st api.Status) {
 			extra += ", NOT IN KERNEL"
 		}
 		extra += "]"
-		fmt.Fprintf(tw, "%s\t%s %s\t\t\t\t\t\t\n", ipvsadmKey(s.Key), flags, extra)
-		for _, b := range s.Backends {
-			weight := strconv.Itoa(b.Weight)
-			if !b.InKernel {
+		b := block{head: ipvsadmKey(s.Key), rest: flags + " " + extra}
+		widths[0] = max(widths[0], len(b.head))
+		for _, be := range s.Backends {
+			weight := strconv.Itoa(be.Weight)
+			if !be.InKernel {
 				weight = "-"
 			}
-			if b.ConfigWeight != b.Weight && b.InKernel {
-				weight += fmt.Sprintf(" (cfg %d)", b.ConfigWeight)
+			if be.ConfigWeight != be.Weight && be.InKernel {
+				weight += fmt.Sprintf(" (cfg %d)", be.ConfigWeight)
 			}
-			change := b.Reason
-			if !b.Since.IsZero() {
-				change = strings.TrimSpace(b.Since.Local().Format("15:04:05") + " " + b.Reason)
+			change := be.Reason
+			if !be.Since.IsZero() {
+				change = strings.TrimSpace(be.Since.Local().Format("15:04:05") + " " + be.Reason)
 			}
-			admin := b.Admin
-			if b.Origin == "runtime" {
+			admin := be.Admin
+			if be.Origin == "runtime" {
 				admin = strings.TrimSpace(admin + " added")
 			}
-			if b.Origin == "sorry" {
+			if be.Origin == "sorry" {
 				admin = strings.TrimSpace(admin + " sorry-server")
 			}
-			fmt.Fprintf(tw, "  -> %s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", b.Address, forwardName(b.Forward), weight, b.ActiveConns, b.InactiveConns, b.Health, orDash(admin), orDash(change))
+			row := []string{"  -> " + be.Address, forwardName(be.Forward), weight, strconv.Itoa(be.ActiveConns), strconv.Itoa(be.InactiveConns), be.Health, orDash(admin), orDash(change)}
+			fit(row)
+			b.rows = append(b.rows, row)
+		}
+		blocks = append(blocks, b)
+	}
+	line := func(cells []string) {
+		var sb strings.Builder
+		for i, c := range cells {
+			if i == len(cells)-1 {
+				sb.WriteString(c)
+				break
+			}
+			fmt.Fprintf(&sb, "%-*s ", widths[i], c)
+		}
+		fmt.Fprintln(w, strings.TrimRight(sb.String(), " "))
+	}
+	fmt.Fprintf(w, "%-*s %s\n", widths[0], "Prot LocalAddress:Port", "Scheduler Flags")
+	line(header)
+	for _, b := range blocks {
+		fmt.Fprintf(w, "%-*s %s\n", widths[0], b.head, b.rest)
+		for _, r := range b.rows {
+			line(r)
 		}
 	}
-	tw.Flush()
 }
 
 // persistSeconds renders a persistence timeout in seconds, as ipvsadm does:
