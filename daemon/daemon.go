@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
@@ -364,8 +366,15 @@ func (e *engine) startDirector(ctx context.Context) error {
 		e.quorum = make(map[string]healthcheck.State, len(e.cfg.Services))
 	}
 	recs := recordsByService(e.store.Records()) // not ForService 10,000 times
-	for _, s := range e.cfg.Services {
-		e.views[s.Name] = effectiveBackends(s, recs[s.Name])
+	svcs := e.cfg.Services
+	views := make([][]backendView, len(svcs))
+	parallel(len(svcs), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			views[i] = effectiveBackends(svcs[i], recs[svcs[i].Name])
+		}
+	})
+	for i, s := range svcs {
+		e.views[s.Name] = views[i]
 	}
 	e.mon = healthcheck.NewMonitor(healthcheck.Options{
 		Logger:       e.log,
@@ -499,20 +508,60 @@ func (e *engine) closeDataplane() {
 	}
 }
 
-// composeAll computes every service's desired state.
+// composeAll computes every service's desired state: the services on every
+// CPU (10,000 of them at start), then their quorum, logs and events in
+// config order.
 func (e *engine) composeAll() []director.DesiredService {
-	out := make([]director.DesiredService, 0, len(e.cfg.Services))
-	for _, s := range e.cfg.Services {
-		if d, ok := e.compose(s); ok {
+	svcs := e.cfg.Services
+	type composed struct {
+		d   director.DesiredService
+		out policy.Outcome
+		err error
+	}
+	res := make([]composed, len(svcs))
+	parallel(len(svcs), func(lo, hi int) {
+		var buf []policy.Backend
+		for i := lo; i < hi; i++ {
+			s, r := svcs[i], &res[i]
+			r.d, r.out, r.err = composeWith(&buf, s, e.views[s.Name], e.health, e.quorum[s.Name])
+		}
+	})
+	out := make([]director.DesiredService, 0, len(svcs))
+	for i, s := range svcs {
+		if d, ok := e.composed(s, res[i].d, res[i].out, res[i].err); ok {
 			out = append(out, d)
 		}
 	}
 	return out
 }
 
+// parallelMin is the fewest items parallel spreads over CPUs.
+const parallelMin = 1024
+
+// parallel calls fn on consecutive ranges of [0, n), one per CPU when n is
+// large, and returns when all are done. fn must be safe to run
+// concurrently on distinct ranges.
+func parallel(n int, fn func(lo, hi int)) {
+	workers := min(runtime.GOMAXPROCS(0), n/(parallelMin/2))
+	if workers < 2 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() { fn(w*n/workers, (w+1)*n/workers) })
+	}
+	wg.Wait()
+}
+
 // compose computes one service's desired state and tracks its quorum.
 func (e *engine) compose(s *config.Service) (director.DesiredService, bool) {
 	d, out, err := composeWith(&e.composeBuf, s, e.views[s.Name], e.health, e.quorum[s.Name])
+	return e.composed(s, d, out, err)
+}
+
+// composed tracks the quorum of a composed service and reports a failure.
+func (e *engine) composed(s *config.Service, d director.DesiredService, out policy.Outcome, err error) (director.DesiredService, bool) {
 	if err != nil {
 		e.log.Error("compose desired state", "service", s.Name, "err", err)
 		return director.DesiredService{}, false

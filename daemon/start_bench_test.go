@@ -6,9 +6,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/lvsd/lvsd/config"
 	"github.com/lvsd/lvsd/director"
 	"github.com/lvsd/lvsd/director/dptest"
 	"github.com/lvsd/lvsd/healthcheck"
@@ -107,5 +111,63 @@ func TestRelaxGC(t *testing.T) {
 	restore()
 	if got := debug.SetGCPercent(100); got != 800 {
 		t.Errorf("GOGC=800 became %d", got)
+	}
+}
+
+// Composing a large table on every CPU gives what composing it one service
+// at a time gives: the same desired state, quorum states and events, in
+// config order. (Run with -race: the parallel part shares the engine.)
+func TestComposeAllInParallel(t *testing.T) {
+	dir := t.TempDir()
+	var sb strings.Builder
+	sb.WriteString("[node]\nname = \"a\"\n")
+	for i := range 2*parallelMin + 17 {
+		fmt.Fprintf(&sb, "[[service]]\nname = \"svc-%d\"\naddress = \"198.18.%d.%d\"\nport = 80\n", i, i/250, i%250+1)
+		switch i % 4 {
+		case 1:
+			sb.WriteString("alpha = true\nsorry_server = \"198.18.255.1\"\n[service.check]\ntype = \"tcp\"\n")
+		case 2:
+			sb.WriteString("quorum = 2\non_failure = \"inhibit\"\nalpha = true\n[service.check]\ntype = \"tcp\"\n")
+		case 3:
+			sb.WriteString("quorum = 1\n")
+		}
+		for j := range 3 {
+			fmt.Fprintf(&sb, "[[service.backend]]\naddress = \"198.19.%d.%d\"\nweight = %d\n", 2-j, i%250+1, j+1)
+		}
+	}
+	path := filepath.Join(dir, "lvsd.toml")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compose := func(procs int) string {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+		e := &engine{log: slog.New(slog.DiscardHandler), events: newEventLog(4096), cfg: cfg,
+			views: map[string][]backendView{}, quorum: map[string]healthcheck.State{}}
+		for _, s := range cfg.Services {
+			e.views[s.Name] = effectiveBackends(s, nil)
+		}
+		desired := e.composeAll()
+		var out strings.Builder
+		fmt.Fprintln(&out, desired)
+		for _, s := range cfg.Services {
+			fmt.Fprintln(&out, s.Name, e.quorum[s.Name])
+		}
+		for _, ev := range e.events.since(time.Time{}, 4096) {
+			fmt.Fprintln(&out, ev.Subject, ev.From, ev.To, ev.Reason)
+		}
+		return out.String()
+	}
+	one, all := compose(1), compose(4)
+	if one != all {
+		t.Fatal("composing in parallel differs from composing in order")
+	}
+	for _, want := range []string{"\nsvc-2 down\n", "\nsvc-3 up\n", "\nsvc-2 unknown down healthy weight 0 < 2", "\nsvc-3 unknown up healthy weight 6 >= 1"} {
+		if !strings.Contains(one, want) {
+			t.Errorf("no %q in:\n%.400s", want, one[strings.LastIndex(one, "up\nsvc"):])
+		}
 	}
 }
