@@ -175,7 +175,28 @@ func (r *Reconciler) Writes() (ops, failed OpCounts) {
 // record is replaced; on a read error nothing is written.
 func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previouslyOwned []ServiceKey) (Result, error) {
 	start := time.Now()
-	if err := validateSet(desired); err != nil {
+	// The new record's map finds duplicates while every service is
+	// checked: nothing is read or written unless all of desired is valid.
+	entries := make(map[ServiceKey]*entry, len(desired))
+	list := make([]*entry, 0, len(desired)) // in desired order, then orphans
+	slab := make([]entry, len(desired))
+	var errs []error
+	for i := range desired {
+		d := &desired[i]
+		key := d.Service.Key
+		if entries[key] != nil {
+			errs = append(errs, fmt.Errorf("service %s is desired more than once", key))
+			continue
+		}
+		e := &slab[i]
+		e.key = key
+		entries[key] = e
+		list = append(list, e)
+		if err := d.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := joinCapped(errs); err != nil {
 		return Result{}, fmt.Errorf("adopt: invalid desired state: %w", err)
 	}
 	kernel, err := r.dp.Services(ctx)
@@ -187,15 +208,11 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 		s.Flags &^= FlagHashed
 		inKernel[s.Key] = s
 	}
-	entries := make(map[ServiceKey]*entry, len(desired))
-	list := make([]*entry, 0, len(desired)) // in desired order, then orphans
-	slab := make([]entry, len(desired))
 	clones := newDesiredSlab(desired)
 	adopted := 0
-	for i := range desired {
-		key := desired[i].Service.Key
-		e := &slab[i]
-		*e = entry{key: key, want: clones.clone(&desired[i])}
+	for i, e := range list { // all of desired: no duplicates
+		key := e.key
+		e.want = clones.clone(&desired[i])
 		if ks, ok := inKernel[key]; ok {
 			dests, err := r.dp.Destinations(ctx, key)
 			switch {
@@ -208,8 +225,6 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 				adopted++
 			}
 		}
-		entries[key] = e
-		list = append(list, e)
 	}
 	orphans := 0
 	for _, key := range previouslyOwned {
@@ -534,6 +549,10 @@ func (r *Reconciler) pickResyncBatch() []ServiceKey {
 // works through the current one.
 const applyChunkOps = 16000
 
+// firstChunkOps is the size of the first chunk: the kernel starts on it
+// while the next is built.
+const firstChunkOps = 2000
+
 // opChunk is one Apply call's writes and the services they belong to.
 type opChunk struct {
 	ops   []Op
@@ -579,7 +598,7 @@ func (r *Reconciler) applyEntries(ctx context.Context, es []*entry, drift map[Se
 		}
 	}
 	chunks[0].ops = make([]Op, 0, size)
-	if size > applyChunkOps {
+	if size > firstChunkOps {
 		chunks[1].ops = make([]Op, 0, size)
 	}
 	record := func(c *opChunk, retry *[]*entry) {
@@ -612,6 +631,7 @@ func (r *Reconciler) applyEntries(ctx context.Context, es []*entry, drift map[Se
 		r.seq++
 		var retry []*entry
 		cur := &chunks[0]
+		limit := firstChunkOps
 		var inFlight *opChunk // being applied
 		// send hands cur to the dataplane, asynchronously unless it is the
 		// last, and records the chunk applied before it.
@@ -665,8 +685,9 @@ func (r *Reconciler) applyEntries(ctx context.Context, es []*entry, drift map[Se
 				continue
 			}
 			cur.spans = append(cur.spans, span{e, n, len(cur.ops)})
-			if len(cur.ops) >= applyChunkOps {
+			if len(cur.ops) >= limit {
 				send(false)
+				limit = applyChunkOps
 			}
 		}
 		send(true)
@@ -895,24 +916,6 @@ func errnoName(err error) string {
 		}
 	}
 	return err.Error()
-}
-
-// validateSet checks every desired service and that no key repeats.
-func validateSet(desired []DesiredService) error {
-	var errs []error
-	seen := make(map[ServiceKey]bool, len(desired))
-	for i := range desired {
-		key := desired[i].Service.Key
-		if seen[key] {
-			errs = append(errs, fmt.Errorf("service %s is desired more than once", key))
-			continue
-		}
-		seen[key] = true
-		if err := desired[i].Validate(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return joinCapped(errs)
 }
 
 // joinCapped joins errors, keeping the first few so a broken kernel or a

@@ -296,6 +296,30 @@ func TestSyncRejectsBadInputWritingNothing(t *testing.T) {
 	}
 }
 
+func TestAdoptRejectsBadInputTouchingNothing(t *testing.T) {
+	ctx := context.Background()
+	fake := dptest.New()
+	r, _ := newReconciler(t, fake)
+	bad := seedSet()
+	bad[0].Destinations[0].Weight = 70000
+	bad = append(bad, bad[1], bad[1])
+	bad[2].Destinations = append(bad[2].Destinations, bad[2].Destinations[0])
+	_, err := r.Adopt(ctx, bad, nil)
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	want := "adopt: invalid desired state: service tcp:198.18.1.63:0: destination 198.18.1.65:0: weight 70000 out of range 0..65535\n" +
+		"service tcp:198.18.1.63:80: destination 198.18.1.65:80 listed more than once\n" +
+		"service tcp:198.18.1.63:22 is desired more than once\n" +
+		"service tcp:198.18.1.63:22 is desired more than once"
+	if err.Error() != want {
+		t.Errorf("error\n%s\nwant\n%s", err, want)
+	}
+	if len(fake.Writes()) != 0 || fake.Reads() != (dptest.Reads{}) || len(r.Owned()) != 0 {
+		t.Fatalf("bad input touched the kernel or the record: writes %d, reads %+v, owned %d", len(fake.Writes()), fake.Reads(), len(r.Owned()))
+	}
+}
+
 func TestSyncReorderedDestinationsWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	fake := dptest.New()
