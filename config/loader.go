@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -212,11 +213,47 @@ func (l *Loader) file(arena *treeArena, path string) (*fragment, fileID, error) 
 	if c, ok := l.cache[path]; ok && c.id == id {
 		return c.frag, id, nil
 	}
-	data, err := l.files().readFile(path, 0)
+	var data []byte
+	if r, ok := l.files().(intoReader); ok && arena != nil {
+		// Into the arena's buffer: nothing decoded points into a file's text.
+		arena.data, err = r.readFileInto(path, slices.Grow(arena.data[:0], int(id.size)+512))
+		data = arena.data
+	} else {
+		data, err = l.files().readFile(path, 0)
+	}
 	if err != nil {
 		return nil, id, bare(err)
 	}
 	return decodeFileIn(arena, path, data), id, nil
+}
+
+// intoReader is a fileSystem that reads a file into a buffer the caller
+// reuses.
+type intoReader interface {
+	readFileInto(path string, buf []byte) ([]byte, error)
+}
+
+// readFileInto reads the whole file into buf (grown if needed).
+func (osFS) readFileInto(path string, buf []byte) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 4096)
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 func hasMeta(p string) bool {

@@ -172,6 +172,7 @@ type treeArena struct {
 	nv, nt, nk, np int
 	parser         unstable.Parser
 	lines          []int
+	data           []byte // the file's text, when read into the arena
 }
 
 // Slab sizes: values and tables, and the entries of tables and arrays.

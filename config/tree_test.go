@@ -284,3 +284,49 @@ func TestArenaReuseDecodesAlike(t *testing.T) {
 		}
 	}
 }
+
+// Files read into a worker's reused buffer load as files read one by one:
+// a tree of real files (sizes up and down, an empty one) through the OS,
+// against the same tree in memory; then with a broken file.
+func TestLoadFromDiskMatchesMemory(t *testing.T) {
+	files := map[string]string{"lvsd.toml": "include = [\"conf.d/*.toml\"]\n[node]\nname = \"dir-a\"\n"}
+	for i := range 24 {
+		text := serviceFile(i, 1+(i*7)%13, 1+i%4, 1)
+		switch i {
+		case 5:
+			text = ""
+		case 17:
+			text = strings.Repeat("# a long comment line to grow the buffer\n", 400) + text
+		}
+		files[fmt.Sprintf("conf.d/%02d.toml", i)] = text
+	}
+	load := func(l *Loader, main string) string {
+		cfg, err := l.Load(main)
+		if err != nil {
+			return err.Error()
+		}
+		var b strings.Builder
+		for _, s := range cfg.Services {
+			fmt.Fprintf(&b, "%+v %+v\n", *s, *s.Check)
+			for _, be := range s.Backends {
+				fmt.Fprintf(&b, "  %+v\n", *be)
+			}
+		}
+		return b.String()
+	}
+	for _, broken := range []bool{false, true} {
+		if broken {
+			files["conf.d/11.toml"] += "[[service]]\nname = \"bad\"\nadress = \"198.18.200.1\"\n"
+		}
+		dir := writeDir(t, files)
+		fsys := newMemFS()
+		for name, text := range files {
+			fsys.write(filepath.Join(dir, name), text)
+		}
+		main := filepath.Join(dir, "lvsd.toml")
+		disk, mem := load(&Loader{}, main), load(&Loader{fs: fsys}, main)
+		if disk != mem || broken != strings.Contains(disk, `unknown key "service.adress"`) || !strings.Contains(disk, "svc-") && !broken {
+			t.Fatalf("broken %v: from disk:\n%.1000s\nfrom memory:\n%.1000s", broken, disk, mem)
+		}
+	}
+}
