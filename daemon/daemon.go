@@ -93,6 +93,8 @@ type engine struct {
 	lastFail director.OpCounts
 	// composeBuf is compose's scratch space.
 	composeBuf []policy.Backend
+	// restoreGC ends the start-up's relaxed garbage collection (see Run).
+	restoreGC func()
 	// ownedSaved is the reconciler's OwnedVersion last persisted (valid
 	// when ownedSavedOK): saveOwned skips an unchanged set.
 	ownedSaved   uint64
@@ -117,12 +119,14 @@ func Run(ctx context.Context, opts Options) (err error) {
 		quorum:   map[string]healthcheck.State{},
 		inKernel: map[string]director.DesiredService{},
 	}
-	// The first load allocates little but the config it keeps (parse trees
-	// are recycled): collections during it would mostly re-mark that
-	// growing heap, so they are made rarer.
-	restoreGC := relaxGC(loadGCPercent)
+	// Until the table is composed, lvsd allocates little but what it keeps
+	// (parse trees are recycled): collections would mostly re-mark that
+	// growing heap and take CPUs the parallel load and compose use, so
+	// they are made rarer until startDirector is about to write, when a
+	// CPU is free while the kernel works.
+	e.restoreGC = relaxGC(startGCPercent)
+	defer e.restoreGC()
 	cfg, err := e.loader.Load(opts.ConfigPath)
-	restoreGC()
 	if err != nil {
 		return err
 	}
@@ -155,6 +159,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 			return err
 		}
 	}
+	e.restoreGC()
 	defer e.stopDirector()
 
 	// The VIP election runs in its own goroutine; it hands over on stop.
@@ -216,18 +221,20 @@ func Run(ctx context.Context, opts Options) (err error) {
 	return runErr
 }
 
-// loadGCPercent is the garbage collector's GOGC during the first load.
-const loadGCPercent = 400
+// startGCPercent is the garbage collector's GOGC while lvsd loads its
+// config and composes its table at start.
+const startGCPercent = 400
 
 // relaxGC sets GOGC to percent unless it is off or higher already, and
-// returns what restores it.
+// returns what restores it (once: later calls do nothing).
 func relaxGC(percent int) (restore func()) {
 	prev := debug.SetGCPercent(percent)
 	if prev < 0 || prev >= percent {
 		debug.SetGCPercent(prev)
 		return func() {}
 	}
-	return func() { debug.SetGCPercent(prev) }
+	var once sync.Once
+	return func() { once.Do(func() { debug.SetGCPercent(prev) }) }
 }
 
 // waitJoined holds READY until the node has joined its cluster (memberlist
@@ -382,6 +389,9 @@ func (e *engine) startDirector(ctx context.Context) error {
 	})
 	if e.dp != nil {
 		desired := e.composeAll()
+		if e.restoreGC != nil {
+			e.restoreGC()
+		}
 		prev, err := e.loadOwned()
 		if err != nil {
 			e.log.Warn("ignoring unreadable record of previously owned services", "err", err)
