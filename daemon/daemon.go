@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
 	"time"
@@ -93,8 +94,9 @@ type engine struct {
 	lastFail director.OpCounts
 	// composeBuf is compose's scratch space.
 	composeBuf []policy.Backend
-	// restoreGC ends the start-up's relaxed garbage collection (see Run).
-	restoreGC func()
+	// restoreGC ends the start-up's relaxed garbage collection (see Run);
+	// boundGC bounds it by memory from the first write on.
+	restoreGC, boundGC func()
 	// ownedSaved is the reconciler's OwnedVersion last persisted (valid
 	// when ownedSavedOK): saveOwned skips an unchanged set.
 	ownedSaved   uint64
@@ -121,10 +123,9 @@ func Run(ctx context.Context, opts Options) (err error) {
 	}
 	// Until the table is composed, lvsd allocates little but what it keeps
 	// (parse trees are recycled): collections would mostly re-mark that
-	// growing heap and take CPUs the parallel load and compose use, so
-	// they are made rarer until startDirector is about to write, when a
-	// CPU is free while the kernel works.
-	e.restoreGC = relaxGC(startGCPercent)
+	// growing heap, on the CPUs the parallel load and compose use. They are
+	// rarer until lvsd runs, bounded by memory from the first write on.
+	e.restoreGC, e.boundGC = relaxGC(startGCPercent)
 	defer e.restoreGC()
 	cfg, err := e.loader.Load(opts.ConfigPath)
 	if err != nil {
@@ -221,20 +222,41 @@ func Run(ctx context.Context, opts Options) (err error) {
 	return runErr
 }
 
-// startGCPercent is the garbage collector's GOGC while lvsd loads its
-// config and composes its table at start.
+// startGCPercent is the garbage collector's GOGC while lvsd starts: config
+// load, compose, and (bounded by memory) adoption.
 const startGCPercent = 400
 
-// relaxGC sets GOGC to percent unless it is off or higher already, and
-// returns what restores it (once: later calls do nothing).
-func relaxGC(percent int) (restore func()) {
+// relaxGC sets GOGC to percent unless it is off or higher already. It
+// returns what restores GOGC and the memory limit (once: later calls do
+// nothing) and what bounds the heap, from the time of the call, by a soft
+// memory limit of twice the memory in use (unless the operator's
+// GOMEMLIMIT is lower): lvsd's first write starts then, and a collection
+// deferred past it runs only if memory does grow (reading a full kernel on
+// a restart), not while the kernel takes in the table.
+func relaxGC(percent int) (restore, bound func()) {
 	prev := debug.SetGCPercent(percent)
 	if prev < 0 || prev >= percent {
 		debug.SetGCPercent(prev)
-		return func() {}
+		return func() {}, func() {}
 	}
+	prevLimit := debug.SetMemoryLimit(-1)
 	var once sync.Once
-	return func() { once.Do(func() { debug.SetGCPercent(prev) }) }
+	restore = func() {
+		once.Do(func() {
+			debug.SetGCPercent(prev)
+			debug.SetMemoryLimit(prevLimit)
+		})
+	}
+	bound = func() {
+		sample := []rtmetrics.Sample{{Name: "/memory/classes/total:bytes"}}
+		rtmetrics.Read(sample)
+		if sample[0].Value.Kind() == rtmetrics.KindUint64 {
+			if limit := 2 * int64(sample[0].Value.Uint64()); limit > 0 && limit < prevLimit {
+				debug.SetMemoryLimit(limit)
+			}
+		}
+	}
+	return restore, bound
 }
 
 // waitJoined holds READY until the node has joined its cluster (memberlist
@@ -389,8 +411,8 @@ func (e *engine) startDirector(ctx context.Context) error {
 	})
 	if e.dp != nil {
 		desired := e.composeAll()
-		if e.restoreGC != nil {
-			e.restoreGC()
+		if e.boundGC != nil {
+			e.boundGC()
 		}
 		prev, err := e.loadOwned()
 		if err != nil {

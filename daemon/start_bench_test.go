@@ -90,32 +90,58 @@ func BenchmarkStartCold10k(b *testing.B) {
 func TestRelaxGC(t *testing.T) {
 	orig := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(orig)
-	restore := relaxGC(400)
+	origLimit := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(origLimit)
+	restore, bound := relaxGC(400)
 	if got := debug.SetGCPercent(400); got != 400 {
 		t.Errorf("GOGC during start %d, want 400", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != origLimit {
+		t.Errorf("memory limit %d before the first write, want %d", got, origLimit)
+	}
+	bound()
+	if got := debug.SetMemoryLimit(-1); got <= 0 || got >= origLimit {
+		t.Errorf("no memory bound from the first write: %d", got)
 	}
 	restore()
 	if got := debug.SetGCPercent(50); got != 100 {
 		t.Errorf("GOGC after %d, want 100 again", got)
 	}
+	if got := debug.SetMemoryLimit(-1); got != origLimit {
+		t.Errorf("memory limit after %d, want %d again", got, origLimit)
+	}
 	restore() // once only
 	if got := debug.SetGCPercent(-1); got != 50 {
 		t.Errorf("a second restore changed GOGC to %d", got)
 	}
-	// GOGC=off (or a higher GOGC) is the operator's: left alone.
-	restore = relaxGC(400)
+	// GOGC=off (or a higher GOGC) is the operator's: left alone, and so is
+	// the memory limit.
+	restore, bound = relaxGC(400)
+	bound()
 	if got := debug.SetGCPercent(-1); got != -1 {
 		t.Errorf("GOGC=off became %d", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != origLimit {
+		t.Errorf("GOGC=off, yet memory limit %d", got)
 	}
 	restore()
 	if got := debug.SetGCPercent(800); got != -1 {
 		t.Errorf("GOGC=off restored as %d", got)
 	}
-	restore = relaxGC(400)
+	restore, _ = relaxGC(400)
 	restore()
 	if got := debug.SetGCPercent(100); got != 800 {
 		t.Errorf("GOGC=800 became %d", got)
 	}
+	// An operator's lower GOMEMLIMIT stays.
+	debug.SetMemoryLimit(1 << 20)
+	restore, bound = relaxGC(400)
+	bound()
+	if got := debug.SetMemoryLimit(-1); got != 1<<20 {
+		t.Errorf("GOMEMLIMIT 1 MiB became %d", got)
+	}
+	restore()
+	debug.SetMemoryLimit(origLimit)
 }
 
 // Composing a large table on every CPU gives what composing it one service
