@@ -38,6 +38,10 @@ type GroupView struct {
 	Claim     bool   // owns the addresses now
 	Want      bool   // asks the current owner to hand over (preemption)
 	Vote      string // the node it accepts as owner ("" none)
+	// Yield reports an operator's demotion; YieldSince (Unix ns) orders two
+	// demoted nodes, so the one demoted last gives way to the other.
+	Yield      bool
+	YieldSince int64
 }
 
 // LocalGroup is this node's own view of a group it holds.
@@ -51,8 +55,10 @@ type LocalGroup struct {
 	PreemptDelay time.Duration
 	// Force asks for the group regardless of preemption settings (Promote).
 	Force bool
-	// Yield hands the group to any other eligible node (Demote).
-	Yield bool
+	// Yield hands the group to any other eligible node (Demote): one not
+	// demoted, else one demoted before YieldSince.
+	Yield      bool
+	YieldSince time.Time
 }
 
 // ElectionInput is everything Elect looks at. Elect reads no clock and does
@@ -104,13 +110,25 @@ type candidate struct {
 	eligible bool
 	claim    bool
 	want     bool
+	yield    bool
+	yieldAt  int64
 }
 
-// outranks orders candidates: eligible first, then higher priority, then the
-// lexically smaller name, so every node picks the same winner.
+// outranks orders candidates: eligible first, then not demoted, then (both
+// demoted) the earlier demotion, then higher priority, then the lexically
+// smaller name, so every node picks the same winner. Ordering demotions by
+// time keeps a pair stable when an operator demotes one director and later
+// the other without clearing the first: the VIP goes back to the first
+// instead of bouncing between two nodes that each hand it over.
 func outranks(a, b candidate) bool {
 	if a.eligible != b.eligible {
 		return a.eligible
+	}
+	if a.yield != b.yield {
+		return !a.yield
+	}
+	if a.yield && a.yieldAt != b.yieldAt {
+		return a.yieldAt < b.yieldAt
 	}
 	if a.priority != b.priority {
 		return a.priority > b.priority
@@ -186,8 +204,12 @@ func Elect(in ElectionInput, st ElectionState) (ElectionResult, ElectionState) {
 	candidates := func(group string) []candidate {
 		var cs []candidate
 		if g, ok := local[group]; ok {
-			cs = append(cs, candidate{name: in.Self, priority: g.Priority,
-				eligible: !g.Fault && g.Priority > 0 && !in.Starting, claim: g.Claiming})
+			c := candidate{name: in.Self, priority: g.Priority,
+				eligible: !g.Fault && g.Priority > 0 && !in.Starting, claim: g.Claiming, yield: g.Yield}
+			if g.Yield {
+				c.yieldAt = g.YieldSince.UnixNano()
+			}
+			cs = append(cs, c)
 		}
 		for _, p := range peers {
 			v, ok := in.Alive[p][group]
@@ -195,7 +217,8 @@ func Elect(in ElectionInput, st ElectionState) (ElectionResult, ElectionState) {
 				continue
 			}
 			cs = append(cs, candidate{name: p, priority: v.Priority,
-				eligible: !v.Fault && v.Priority > 0, claim: v.Claim, want: v.Want})
+				eligible: !v.Fault && v.Priority > 0, claim: v.Claim, want: v.Want,
+				yield: v.Yield, yieldAt: v.YieldSince})
 		}
 		return cs
 	}
@@ -280,9 +303,9 @@ func Elect(in ElectionInput, st ElectionState) (ElectionResult, ElectionState) {
 				d.Reason = fmt.Sprintf("conflicting claim: %s outranks us, releasing", w.name)
 			}
 		case g.Claiming:
-			if other, ok := best(cs[1:], eligible); ok && g.Yield {
-				d.Owner = other.name
-				d.Reason = "demoted: handing over to " + other.name
+			if haveTop && top.name != in.Self && g.Yield {
+				d.Owner = top.name
+				d.Reason = "demoted: handing over to " + top.name
 			} else if haveTop && top.name != in.Self && top.want {
 				d.Owner = top.name
 				d.Reason = fmt.Sprintf("handing over to %s (priority %d > %d)", top.name, top.priority, self.priority)

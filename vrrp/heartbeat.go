@@ -13,7 +13,8 @@ const (
 )
 
 const (
-	heartbeatVersion = 1
+	// heartbeatVersion 2 added the demotion stamp; version 1 is still read.
+	heartbeatVersion = 2
 	maxDigest        = 512
 	// maxHeartbeat keeps a heartbeat inside one UDP packet after memberlist's
 	// encryption and framing overhead (its UDP buffer is 1400 bytes).
@@ -25,6 +26,7 @@ const (
 	gvFault     = 1 << 1
 	gvClaim     = 1 << 2
 	gvWant      = 1 << 3
+	gvYield     = 1 << 4 // followed by the demotion time, u64 Unix ns (version 2)
 )
 
 // Heartbeat is the fast liveness message a node sends to every configured
@@ -40,7 +42,7 @@ type Heartbeat struct {
 
 // MarshalBinary encodes h compactly:
 // kind 'H', version, flags, boot u64, seq u64, name, n groups, per group
-// (name, flags, priority, vote), digest. Strings and the digest are
+// (name, flags, priority, vote[, demoted-since u64]), digest. Strings and the digest are
 // uvarint-length-prefixed; groups are sorted by name so equal heartbeats
 // encode equally.
 func (h *Heartbeat) MarshalBinary() ([]byte, error) {
@@ -90,9 +92,15 @@ func (h *Heartbeat) MarshalBinary() ([]byte, error) {
 		if v.Want {
 			f |= gvWant
 		}
+		if v.Yield {
+			f |= gvYield
+		}
 		b = appendString(b, n)
 		b = append(b, f, v.Priority)
 		b = appendString(b, v.Vote)
+		if v.Yield {
+			b = binary.BigEndian.AppendUint64(b, uint64(v.YieldSince))
+		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(h.Digest)))
 	b = append(b, h.Digest...)
@@ -109,8 +117,9 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 	if k := r.byte("kind"); r.err == nil && k != msgHeartbeat {
 		return fmt.Errorf("heartbeat: kind %#x, want %#x", k, msgHeartbeat)
 	}
-	if v := r.byte("version"); r.err == nil && v != heartbeatVersion {
-		return fmt.Errorf("heartbeat: version %d unsupported (want %d)", v, heartbeatVersion)
+	version := r.byte("version")
+	if r.err == nil && (version < 1 || version > heartbeatVersion) {
+		return fmt.Errorf("heartbeat: version %d unsupported (want 1 to %d)", version, heartbeatVersion)
 	}
 	flags := r.byte("flags")
 	out := Heartbeat{Releasing: flags&hbReleasing != 0}
@@ -129,6 +138,11 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 		f := r.byte("group flags")
 		prio := r.byte("group priority")
 		vote := r.string("group vote", maxNameLen)
+		yield := version >= 2 && f&gvYield != 0
+		var since int64
+		if yield {
+			since = int64(r.u64("group demoted-since"))
+		}
 		if r.err != nil {
 			break
 		}
@@ -139,7 +153,8 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 			return fmt.Errorf("heartbeat: group %q repeated", name)
 		}
 		out.Groups[name] = GroupView{Candidate: f&gvCandidate != 0, Fault: f&gvFault != 0,
-			Claim: f&gvClaim != 0, Want: f&gvWant != 0, Priority: prio, Vote: vote}
+			Claim: f&gvClaim != 0, Want: f&gvWant != 0, Priority: prio, Vote: vote,
+			Yield: yield, YieldSince: since}
 	}
 	if dl := r.uvarint("digest length"); r.err == nil {
 		if dl > maxDigest {

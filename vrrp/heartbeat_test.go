@@ -14,6 +14,7 @@ func sampleHeartbeat() Heartbeat {
 			"web": {Candidate: true, Priority: 150, Claim: true, Vote: "dir-a"},
 			"db":  {Candidate: true, Priority: 100, Fault: true, Want: true},
 			"x":   {Vote: "dir-b"},
+			"y":   {Candidate: true, Priority: 1, Yield: true, YieldSince: 1_790_000_000_123_456_789},
 		},
 		Digest: []byte{1, 2, 3},
 	}
@@ -109,4 +110,32 @@ func FuzzHeartbeatUnmarshal(f *testing.F) {
 			t.Fatalf("re-decode mismatch: %v", err)
 		}
 	})
+}
+
+func TestHeartbeatReadsVersion1(t *testing.T) {
+	// A peer still on version 1 has no demotion stamps; it must stay
+	// readable during a rolling upgrade.
+	h := Heartbeat{Name: "dir-b", Seq: 7, Groups: map[string]GroupView{"web": {Candidate: true, Priority: 100, Claim: true}}}
+	b := mustMarshal(t, h)
+	b[1] = 1
+	var got Heartbeat
+	if err := got.UnmarshalBinary(b); err != nil {
+		t.Fatalf("version 1: %v", err)
+	}
+	if !reflect.DeepEqual(got, h) {
+		t.Fatalf("version 1:\n got %+v\nwant %+v", got, h)
+	}
+	// Version 1 had no yield flag: a stray bit must not make it read a stamp.
+	h.Groups["web"] = GroupView{Candidate: true, Priority: 1, Yield: true, YieldSince: 5}
+	b = mustMarshal(t, h)
+	b[1] = 1
+	if err := got.UnmarshalBinary(b); err == nil || !strings.Contains(err.Error(), "trailing bytes") {
+		t.Fatalf("version 1 with a stamp: err %v, want trailing bytes", err)
+	}
+	// A version 2 stamp cut short names the field.
+	short := mustMarshal(t, Heartbeat{Name: "a", Groups: map[string]GroupView{"g": {Yield: true, YieldSince: 9}}})
+	short = short[:len(short)-5]
+	if err := got.UnmarshalBinary(short); err == nil || !strings.Contains(err.Error(), "demoted-since") {
+		t.Fatalf("short stamp: err %v, want it named", err)
+	}
 }

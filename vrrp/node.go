@@ -46,16 +46,18 @@ type MemberStatus struct {
 
 // GroupStatus is one local group.
 type GroupStatus struct {
-	Name      string
-	State     Role
-	Owner     string
-	Priority  uint8 // effective
-	Base      int   // configured
-	Fault     bool
-	Reason    string
-	Override  Override
-	Since     time.Time // last transition
-	Addresses []string
+	Name     string
+	State    Role
+	Owner    string
+	Priority uint8 // effective
+	Base     int   // configured
+	Fault    bool
+	Reason   string
+	Override Override
+	// OverrideSince is when the operator set Override (orders demotions).
+	OverrideSince time.Time
+	Since         time.Time // last transition
+	Addresses     []string
 }
 
 // Node runs the election for its groups and owns their addresses while it
@@ -198,24 +200,29 @@ func (n *Node) SetServiceQuorum(name string, up bool) {
 
 // Demote hands the group to any other eligible node at once and keeps this
 // node at priority 1 until ClearOverride.
-func (n *Node) Demote(group string) error { return n.control(group, OverrideDemote) }
+func (n *Node) Demote(group string) error { return n.SetOverride(group, OverrideDemote, time.Now()) }
 
 // Promote takes the group over regardless of preemption settings and keeps
 // it (priority 255) until ClearOverride.
-func (n *Node) Promote(group string) error { return n.control(group, OverridePromote) }
+func (n *Node) Promote(group string) error { return n.SetOverride(group, OverridePromote, time.Now()) }
 
 // SetFault puts the group into fault (giving it up) or clears that.
 func (n *Node) SetFault(group string, fault bool) error {
 	if fault {
-		return n.control(group, OverrideFault)
+		return n.SetOverride(group, OverrideFault, time.Now())
 	}
-	return n.control(group, OverrideNone)
+	return n.SetOverride(group, OverrideNone, time.Time{})
 }
 
 // ClearOverride removes any Demote, Promote or SetFault.
-func (n *Node) ClearOverride(group string) error { return n.control(group, OverrideNone) }
+func (n *Node) ClearOverride(group string) error {
+	return n.SetOverride(group, OverrideNone, time.Time{})
+}
 
-func (n *Node) control(group string, o Override) error {
+// SetOverride sets a group's standing override, stamped with the wall time
+// the operator gave it (the caller persists the same stamp). Between two
+// demoted nodes the one demoted later gives way.
+func (n *Node) SetOverride(group string, o Override, since time.Time) error {
 	if !slices.ContainsFunc(n.spec.Groups, func(g GroupSpec) bool { return g.Name == group }) {
 		return fmt.Errorf("vrrp: no vip_group named %q", group)
 	}
@@ -224,7 +231,7 @@ func (n *Node) control(group string, o Override) error {
 	}
 	reply := make(chan struct{})
 	select {
-	case n.inbox <- ctlMsg{op: "override", group: group, override: o, done: reply}:
+	case n.inbox <- ctlMsg{op: "override", group: group, override: o, since: since, done: reply}:
 	case <-n.finished:
 		return errors.New("vrrp: node stopped")
 	}
@@ -278,6 +285,7 @@ type ctlMsg struct {
 	op       string
 	group    string
 	override Override
+	since    time.Time
 	done     chan struct{}
 }
 
@@ -298,6 +306,7 @@ type groupRT struct {
 	reason    string
 	since     time.Time
 	override  Override
+	overSince time.Time // when the override was set
 	conflict  bool
 	annCancel context.CancelFunc
 	annKick   chan struct{}
@@ -336,7 +345,8 @@ func (n *Node) Run(ctx context.Context) error {
 	ifaces := map[string]bool{}
 	for i := range n.spec.Groups {
 		g := &n.spec.Groups[i]
-		groups[i] = &groupRT{spec: g, role: RoleBackup, since: now, reason: "starting"}
+		groups[i] = &groupRT{spec: g, role: RoleBackup, since: now, reason: "starting",
+			override: g.Override, overSince: g.OverrideSince}
 		n.notes[g.Name] = newSerialQueue()
 		ifaces[g.Interface] = true
 		for _, ti := range g.TrackInterface {
@@ -547,7 +557,7 @@ func (e *engine) handle(m any) {
 			for _, g := range e.groups {
 				if g.spec.Name == m.group {
 					n.log.Info("operator override", "group", m.group, "override", m.override)
-					g.override = m.override
+					g.override, g.overSince = m.override, m.since
 				}
 			}
 		}
@@ -685,7 +695,7 @@ func (e *engine) evaluate(now time.Time) {
 		g.prio, g.fault = prio, fault
 		in.Groups = append(in.Groups, LocalGroup{Name: g.spec.Name, Priority: prio, Fault: fault, FaultReason: why,
 			Claiming: g.claiming, Preempt: g.spec.Preempt, PreemptDelay: g.spec.PreemptDelay,
-			Force: g.override == OverridePromote, Yield: g.override == OverrideDemote})
+			Force: g.override == OverridePromote, Yield: g.override == OverrideDemote, YieldSince: g.overSince})
 	}
 	res, st := Elect(in, e.st)
 	e.st, e.wake = st, res.NextWake
@@ -704,8 +714,12 @@ func (e *engine) evaluate(now time.Time) {
 			n.log.Info("re-announcing: peer back", "group", g.spec.Name, "peers", returned)
 			g.kick()
 		}
-		views[g.spec.Name] = GroupView{Candidate: true, Priority: g.prio, Fault: g.fault,
+		v := GroupView{Candidate: true, Priority: g.prio, Fault: g.fault,
 			Claim: g.claiming, Want: d.Want, Vote: res.Votes[g.spec.Name]}
+		if g.override == OverrideDemote {
+			v.Yield, v.YieldSince = true, g.overSince.UnixNano()
+		}
+		views[g.spec.Name] = v
 	}
 	e.publish(views, false)
 	e.snapshot(res)
@@ -870,7 +884,7 @@ func (e *engine) snapshot(res ElectionResult) {
 	}
 	for _, g := range e.groups {
 		gs := GroupStatus{Name: g.spec.Name, State: g.role, Owner: g.owner, Priority: g.prio, Base: g.spec.Priority,
-			Fault: g.fault, Reason: g.reason, Override: g.override, Since: g.since}
+			Fault: g.fault, Reason: g.reason, Override: g.override, OverrideSince: g.overSince, Since: g.since}
 		for _, a := range g.spec.Addresses {
 			gs.Addresses = append(gs.Addresses, a.String())
 		}

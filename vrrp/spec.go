@@ -90,6 +90,10 @@ type GroupSpec struct {
 	NotifyFault    []string
 	NotifyStop     []string
 	NotifyTimeout  time.Duration
+	// Override and OverrideSince restore an operator's standing override
+	// (demote, promote) from before a restart.
+	Override      Override
+	OverrideSince time.Time
 }
 
 // TrackInterface lowers the priority by Weight (negative) while the link is
