@@ -1,0 +1,128 @@
+package vrrp
+
+import (
+	"maps"
+	"testing"
+	"time"
+)
+
+// pairSim runs two directors' elections against each other with 1 ms
+// delivery and 20 ms heartbeats, and counts ownership changes.
+type pairSim struct {
+	nodes map[string]*pairNode
+	now   time.Time
+}
+
+type pairNode struct {
+	name     string
+	prio     uint8
+	yield    bool
+	yieldAt  time.Time
+	force    bool
+	claiming bool
+	peer     map[string]GroupView
+	st       ElectionState
+	last     map[string]GroupView
+}
+
+func newPairSim(a, b *pairNode) *pairSim {
+	return &pairSim{nodes: map[string]*pairNode{a.name: a, b.name: b}, now: t0}
+}
+
+func (s *pairSim) other(n *pairNode) *pairNode {
+	for name, o := range s.nodes {
+		if name != n.name {
+			return o
+		}
+	}
+	return nil
+}
+
+func (s *pairSim) evaluate(n *pairNode) {
+	o := s.other(n)
+	in := ElectionInput{Self: n.name, Members: []string{"a", "b"}, Now: s.now,
+		Alive: map[string]map[string]GroupView{o.name: n.peer}}
+	lg := LocalGroup{Name: "g", Priority: n.prio, Claiming: n.claiming, Preempt: true, Force: n.force}
+	if n.yield {
+		lg.Priority, lg.Yield, lg.YieldSince = 1, true, n.yieldAt
+	}
+	in.Groups = []LocalGroup{lg}
+	res, st := Elect(in, n.st)
+	n.st = st
+	d := res.Decisions[0]
+	n.claiming = d.Role == RoleMaster
+	n.last = map[string]GroupView{"g": {Candidate: true, Priority: lg.Priority, Claim: n.claiming,
+		Want: d.Want, Vote: res.Votes["g"], Yield: lg.Yield}}
+	if lg.Yield {
+		v := n.last["g"]
+		v.YieldSince = lg.YieldSince.UnixNano()
+		n.last["g"] = v
+	}
+}
+
+// run simulates d and returns the number of ownership changes and the
+// final owner ("" none, "a+b" both).
+func (s *pairSim) run(t *testing.T, d time.Duration) (changes int, owner string) {
+	t.Helper()
+	prev := s.owner()
+	for step := time.Duration(0); step < d; step += time.Millisecond {
+		s.now = s.now.Add(time.Millisecond)
+		for _, name := range []string{"a", "b"} {
+			n := s.nodes[name]
+			before := n.last
+			s.evaluate(n)
+			o := s.other(n)
+			if !maps.Equal(before, n.last) || step%(20*time.Millisecond) == 0 {
+				o.peer = n.last
+			}
+		}
+		if cur := s.owner(); cur != prev {
+			changes++
+			prev = cur
+		}
+	}
+	return changes, s.owner()
+}
+
+func (s *pairSim) owner() string {
+	a, b := s.nodes["a"].claiming, s.nodes["b"].claiming
+	switch {
+	case a && b:
+		return "a+b"
+	case a:
+		return "a"
+	case b:
+		return "b"
+	}
+	return ""
+}
+
+func TestDemoteBothDirectorsSettles(t *testing.T) {
+	// The 3 a.m. sequence: failover away from a (a demoted), patch, then
+	// failover away from b (b demoted too) without clearing a.
+	a := &pairNode{name: "a", prio: 200}
+	b := &pairNode{name: "b", prio: 100}
+	s := newPairSim(a, b)
+	if _, owner := s.run(t, time.Second); owner != "a" {
+		t.Fatalf("start: owner %q, want a", owner)
+	}
+	a.yield, a.yieldAt = true, s.now
+	if _, owner := s.run(t, time.Second); owner != "b" {
+		t.Fatalf("after demoting a: owner %q, want b", owner)
+	}
+	b.yield, b.yieldAt = true, s.now
+	changes, owner := s.run(t, 2*time.Second)
+	t.Logf("changes after demoting b: %d", changes)
+	if owner != "a" {
+		t.Errorf("after demoting b too: owner %q, want a (the older demotion yields to the newer)", owner)
+	}
+	if changes > 2 {
+		t.Errorf("after demoting b too: %d ownership changes in 2 s, want at most 2 (b -> none -> a)", changes)
+	}
+	// Clearing a's demotion changes nothing: b is still demoted.
+	a.yield = false
+	changes, owner = s.run(t, time.Second)
+	if owner != "a" || changes != 0 {
+		t.Errorf("after clearing a: owner %q with %d changes, want a with none", owner, changes)
+	}
+}
