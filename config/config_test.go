@@ -55,7 +55,7 @@ persistent = true
 		cfg.IPVS.Sync.Enabled || cfg.IPVS.Sync.Interface != "eth0" {
 		t.Errorf("ipvs defaults: %+v", cfg.IPVS)
 	}
-	if cfg.Cluster != nil || cfg.Control.Socket != "/run/lvsd/lvsd.sock" || cfg.Control.Listen.IsValid() || cfg.Metrics.Listen.IsValid() {
+	if cfg.Cluster != nil || cfg.Control.Socket != "/run/lvsd/lvsd.sock" || cfg.Control.Listen.IsValid() || cfg.Metrics.Listen.IsValid() || !cfg.Metrics.PerBackend {
 		t.Errorf("cluster %v control %+v metrics %+v", cfg.Cluster, cfg.Control, cfg.Metrics)
 	}
 	g := cfg.VIPGroup("web")
@@ -157,6 +157,21 @@ sorry_server = "198.18.2.9"
 	}
 	if s.PosOf("persistence").Line != 6 || s.Pos.Line != 2 || b.Pos.Line != 17 || b.Pos.Col != 3 {
 		t.Errorf("positions: service %v persistence %v backend %v", s.Pos, s.PosOf("persistence"), b.Pos)
+	}
+}
+
+func TestMetricsPerBackend(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		want bool
+	}{
+		{"[metrics]\nlisten = \"127.0.0.1:9120\"\n", true},
+		{"[metrics]\nper_backend = true\n", true},
+		{"[metrics]\nlisten = \"127.0.0.1:9120\"\nper_backend = false\n", false},
+	} {
+		if got := mustLoad(t, tc.text).Metrics.PerBackend; got != tc.want {
+			t.Errorf("%q: per_backend %v, want %v", tc.text, got, tc.want)
+		}
 	}
 }
 

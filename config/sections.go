@@ -191,6 +191,7 @@ func (d *decoder) metrics(r *reader, m *mainSections) {
 	if v, ok := r.str("listen"); ok && v != "" {
 		m.metrics.Listen = d.listenAddr(r, "metrics", v)
 	}
+	m.metrics.PerBackend = r.boolean("per_backend", true)
 	r.done()
 }
 

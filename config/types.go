@@ -140,6 +140,10 @@ type Control struct {
 // Metrics is [metrics].
 type Metrics struct {
 	Listen netip.AddrPort // Prometheus /metrics; zero = off, the default
+	// PerBackend exports the per-backend series (IPVS counters, health,
+	// weight and checks of every backend); default true. false keeps the
+	// per-service, election, cluster and reconcile series only.
+	PerBackend bool
 }
 
 // TrackScript is one [[track_script]].

@@ -508,6 +508,11 @@ address = "198.18.1.1"
 `, []string{`unknown key "node.nmae" (did you mean "name"?)`, `unknown key "service.adress" (did you mean "address"?)`,
 		"service.port: want an integer, got string", `service.persistence: want a duration string such as "500ms"`,
 		"service.omega: want true or false, got integer", `unknown key "service.backend.frobnicate"`, `unknown key "bogus"`}},
+	{"metrics per_backend", `
+[metrics]
+listen = "127.0.0.1:9120"
+@@per_backend = "no"
+`, []string{"metrics.per_backend: want true or false, got string"}},
 	{"durations", `
 [ipvs]
 @@resync_interval = "30 seconds"

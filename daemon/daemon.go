@@ -148,7 +148,7 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 
-	e.metrics = metrics.New(metricsSource{e}, log)
+	e.metrics = metrics.New(metricsSource{e}, log, metrics.PerBackend(cfg.Metrics.PerBackend))
 
 	loopCtx, cancelLoop := context.WithCancel(context.Background())
 	defer cancelLoop()

@@ -264,7 +264,8 @@ func backendChanges(a, b *config.Service) string {
 
 // restartOnly lists sections a reload cannot change in place: the node's
 // identity, the cluster, VIP groups and scripts (the running election keeps
-// them), and the control socket and listeners.
+// them), the control socket and listeners, and [metrics] (listener and
+// per_backend: the collectors are built once, at start).
 func restartOnly(a, b *config.Config) []string {
 	var out []string
 	if a.Node != b.Node {
@@ -282,8 +283,15 @@ func restartOnly(a, b *config.Config) []string {
 	if a.Control != b.Control {
 		out = append(out, "[control]")
 	}
-	if a.Metrics != b.Metrics {
-		out = append(out, "[metrics]")
+	if a.Metrics != b.Metrics { // named by key: the section has more than one
+		what := "[metrics]"
+		if a.Metrics.Listen != b.Metrics.Listen {
+			what += " listen"
+		}
+		if a.Metrics.PerBackend != b.Metrics.PerBackend {
+			what += " per_backend"
+		}
+		out = append(out, what)
 	}
 	return out
 }

@@ -189,7 +189,7 @@ func (e *engine) backendsOf(s *config.Service) []api.Backend {
 // counters off it.
 type metricsSource struct{ e *engine }
 
-func (m metricsSource) State(ctx context.Context) (metrics.State, error) {
+func (m metricsSource) State(ctx context.Context, backends bool) (metrics.State, error) {
 	var st metrics.State
 	err := m.e.do(ctx, func() {
 		e := m.e
@@ -212,6 +212,9 @@ func (m metricsSource) State(ctx context.Context) (metrics.State, error) {
 				break
 			}
 			st.Quorum[s.Name] = e.quorum[s.Name] != healthcheck.StateDown
+			if !backends {
+				continue
+			}
 			for _, b := range e.backendsOf(s) {
 				bs := metrics.BackendState{Service: s.Name, Backend: b.Address, Up: b.Health != "down", Weight: b.Weight, Checked: b.Health != "unchecked"}
 				if ap, err := netip.ParseAddrPort(b.Address); err == nil && bs.Checked {
@@ -226,7 +229,7 @@ func (m metricsSource) State(ctx context.Context) (metrics.State, error) {
 	return st, err
 }
 
-func (m metricsSource) IPVSStats(ctx context.Context) ([]metrics.ServiceStats, error) {
+func (m metricsSource) IPVSStats(ctx context.Context, backends bool) ([]metrics.ServiceStats, error) {
 	var dp Kernel
 	names := map[director.ServiceKey]string{}
 	if err := m.e.do(ctx, func() {
@@ -252,6 +255,9 @@ func (m metricsSource) IPVSStats(ctx context.Context) ([]metrics.ServiceStats, e
 		}
 		ms := metrics.ServiceStats{Service: name, Counters: counters(s.Counters)}
 		for _, d := range s.Destinations {
+			if !backends {
+				break
+			}
 			ms.Backends = append(ms.Backends, metrics.BackendStats{
 				Backend:       netip.AddrPortFrom(d.Destination.Key.Address, d.Destination.Key.Port).String(),
 				Counters:      counters(d.Counters),

@@ -30,10 +30,26 @@ type Metrics struct {
 	lastReloadTime prometheus.Gauge
 }
 
+// Option configures New.
+type Option func(*options)
+
+type options struct{ perBackend bool }
+
+// PerBackend chooses whether a scrape carries the per-backend series
+// (lvsd_ipvs_backend_*, lvsd_backend_up, lvsd_backend_weight and the health
+// check series); the default is true. Without them a scrape of 10,000
+// services × 10 backends is about a tenth of the series. Per-service,
+// election, cluster, reconcile and reload series are always there.
+func PerBackend(on bool) Option { return func(o *options) { o.perBackend = on } }
+
 // New creates the collectors. Gauges of current state are read from src at
 // scrape time, so they can never go stale; counters are pushed as events
 // happen.
-func New(src Source, log *slog.Logger) *Metrics {
+func New(src Source, log *slog.Logger, opts ...Option) *Metrics {
+	o := options{perBackend: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lvsd_vip_group_transitions_total", Help: "State changes of VIP groups on this node, by new state; transitions to master are failovers to this node."}, []string{"group", "state"})
@@ -47,7 +63,7 @@ func New(src Source, log *slog.Logger) *Metrics {
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if src != nil {
-		f(&stateCollector{src: src, log: log})
+		f(&stateCollector{src: src, log: log, perBackend: o.perBackend})
 	}
 	return m
 }

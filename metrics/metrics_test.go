@@ -20,8 +20,12 @@ type fakeSource struct {
 	statsErr error
 }
 
-func (f fakeSource) State(context.Context) (State, error)              { return f.st, f.stateErr }
-func (f fakeSource) IPVSStats(context.Context) ([]ServiceStats, error) { return f.stats, f.statsErr }
+// The fake ignores the backends flag: the collector must leave out what
+// it was told to leave out even when a source hands it over.
+func (f fakeSource) State(context.Context, bool) (State, error) { return f.st, f.stateErr }
+func (f fakeSource) IPVSStats(context.Context, bool) ([]ServiceStats, error) {
+	return f.stats, f.statsErr
+}
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -88,6 +92,66 @@ func TestScrape(t *testing.T) {
 	if strings.Contains(body, `lvsd_healthchecks_total{backend="198.18.1.66:0"`) {
 		t.Error("an unchecked backend has a check counter")
 	}
+}
+
+func TestPerBackendOff(t *testing.T) {
+	m := New(sample(), quiet(), PerBackend(false))
+	m.AddReconcile("add-dest", 1, 0)
+	body := scrape(t, m)
+	for _, want := range []string{
+		`lvsd_vip_group_state{group="web",state="backup"} 1`,
+		`lvsd_vip_group_owner{group="web",owner="dir-b"} 1`,
+		`lvsd_cluster_members{state="alive"} 2`,
+		`lvsd_service_quorum_up{service="web-pcc"} 1`,
+		`lvsd_reconcile_operations_total{op="add-dest"} 1`,
+		`lvsd_ipvs_service_connections_total{service="web-pcc"} 7`,
+		`lvsd_ipvs_service_bytes_in_total{service="web-pcc"} 7000`,
+		`lvsd_scrape_error{source="ipvs"} 0`,
+		`lvsd_scrape_error{source="state"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	for _, gone := range []string{"lvsd_ipvs_backend_", "lvsd_backend_up", "lvsd_backend_weight", "lvsd_healthcheck", `backend="`} {
+		if strings.Contains(body, gone) {
+			t.Errorf("per_backend = false, but the scrape has %s", gone)
+		}
+	}
+	problems, err := testutil.GatherAndLint(m.Registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestSourceAskedForBackends checks the collector tells the source whether
+// per-backend data is wanted, so lvsd does not build what is thrown away.
+func TestSourceAskedForBackends(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		src := &askSource{}
+		scrape(t, New(src, quiet(), PerBackend(on)))
+		if src.state != on || src.stats != on || src.calls != 2 {
+			t.Errorf("PerBackend(%v): source asked state %v stats %v in %d calls", on, src.state, src.stats, src.calls)
+		}
+	}
+}
+
+type askSource struct {
+	state, stats bool
+	calls        int
+}
+
+func (a *askSource) State(_ context.Context, b bool) (State, error) {
+	a.state, a.calls = b, a.calls+1
+	return State{}, nil
+}
+
+func (a *askSource) IPVSStats(_ context.Context, b bool) ([]ServiceStats, error) {
+	a.stats, a.calls = b, a.calls+1
+	return nil, nil
 }
 
 func TestScrapeErrorsAreReported(t *testing.T) {

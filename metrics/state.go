@@ -56,10 +56,12 @@ type State struct {
 	Backend []BackendState
 }
 
-// Source answers scrapes. IPVSStats may be slow (a kernel dump).
+// Source answers scrapes. IPVSStats may be slow (a kernel dump). With
+// backends false the collector shows no per-backend series, so the source
+// may leave State.Backend and ServiceStats.Backends empty.
 type Source interface {
-	State(ctx context.Context) (State, error)
-	IPVSStats(ctx context.Context) ([]ServiceStats, error)
+	State(ctx context.Context, backends bool) (State, error)
+	IPVSStats(ctx context.Context, backends bool) ([]ServiceStats, error)
 }
 
 // GroupStates are the states a VIP group can be in; each gets a series so
@@ -96,14 +98,21 @@ var (
 )
 
 type stateCollector struct {
-	src Source
-	log *slog.Logger
+	src        Source
+	log        *slog.Logger
+	perBackend bool
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGroupState, descGroupOwner, descGroupPrio, descMembers, descQuorum, descBackendUp, descBackendW, descCheckSecs, descChecks,
-		descSvcConns, descSvcPktsIn, descSvcPktsOut, descSvcBytesIn, descSvcBytesOut, descDstConns, descDstPktsIn, descDstPktsOut, descDstBytesIn, descDstBytesOut, descDstActive, descDstInactive, descScrapeErr} {
+	for _, d := range []*prometheus.Desc{descGroupState, descGroupOwner, descGroupPrio, descMembers, descQuorum,
+		descSvcConns, descSvcPktsIn, descSvcPktsOut, descSvcBytesIn, descSvcBytesOut, descScrapeErr} {
 		ch <- d
+	}
+	if c.perBackend {
+		for _, d := range []*prometheus.Desc{descBackendUp, descBackendW, descCheckSecs, descChecks,
+			descDstConns, descDstPktsIn, descDstPktsOut, descDstBytesIn, descDstBytesOut, descDstActive, descDstInactive} {
+			ch <- d
+		}
 	}
 }
 
@@ -123,7 +132,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, l ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
 	}
-	st, err := c.src.State(ctx)
+	st, err := c.src.State(ctx, c.perBackend)
 	gauge(descScrapeErr, bool01(err != nil), "state")
 	if err != nil {
 		c.log.Warn("read lvsd state for metrics", "err", err)
@@ -143,6 +152,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descQuorum, bool01(up), svc)
 		}
 		for _, b := range st.Backend {
+			if !c.perBackend {
+				break
+			}
 			gauge(descBackendUp, bool01(b.Up), b.Service, b.Backend)
 			gauge(descBackendW, float64(b.Weight), b.Service, b.Backend)
 			if b.Checked {
@@ -151,7 +163,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	stats, err := c.src.IPVSStats(ctx)
+	stats, err := c.src.IPVSStats(ctx, c.perBackend)
 	gauge(descScrapeErr, bool01(err != nil), "ipvs")
 	if err != nil {
 		c.log.Warn("read IPVS counters for metrics", "err", err)
@@ -164,6 +176,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descSvcBytesIn, s.Counters.BytesIn, s.Service)
 		counter(descSvcBytesOut, s.Counters.BytesOut, s.Service)
 		for _, b := range s.Backends {
+			if !c.perBackend {
+				break
+			}
 			counter(descDstConns, b.Counters.Connections, s.Service, b.Backend)
 			counter(descDstPktsIn, b.Counters.PacketsIn, s.Service, b.Backend)
 			counter(descDstPktsOut, b.Counters.PacketsOut, s.Service, b.Backend)
