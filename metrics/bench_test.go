@@ -68,4 +68,3 @@ func BenchmarkGather10k(b *testing.B) {
 	}
 	b.ReportMetric(float64(n), "series")
 }
-

@@ -15,7 +15,9 @@ import (
 // series, in the source's order) the batched, pre-sorted one replaced.
 type refCollector struct{ src Source }
 
-func (c refCollector) Describe(ch chan<- *prometheus.Desc) { (&stateCollector{perBackend: true}).Describe(ch) }
+func (c refCollector) Describe(ch chan<- *prometheus.Desc) {
+	(&stateCollector{perBackend: true}).Describe(ch)
+}
 
 func (c refCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx := context.Background()
