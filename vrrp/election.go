@@ -346,6 +346,12 @@ func Elect(in ElectionInput, st ElectionState) (ElectionResult, ElectionState) {
 		default:
 			d.Role, d.Owner = RoleMaster, in.Self
 			d.Reason = "no live owner: taking over"
+			for _, c := range cs[1:] {
+				if c.yield {
+					d.Reason = "taking over: " + c.name + " is demoted"
+					break
+				}
+			}
 		}
 		res.Decisions = append(res.Decisions, d)
 	}

@@ -65,6 +65,9 @@ func TestElectRules(t *testing.T) {
 		{"demoted owner hands over even to a nopreempt peer", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Claiming: true, Yield: true}}, Alive: peer(cand(100, false))}, RoleBackup, false, "b", "demoted: handing over to b"},
 		{"demoted owner keeps the group when alone", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Claiming: true, Yield: true}}}, RoleMaster, false, "a", "owner"},
 		{"demoted node does not take over from nobody when a peer is eligible", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Yield: true, Preempt: true}}, Alive: peer(cand(2, false))}, RoleBackup, false, "b", "precedence"},
+		{"idle demoted peer: take over and say why", ElectionInput{Self: "a", Groups: web(100, false, true), Alive: peer(GroupView{Candidate: true, Priority: 1, Yield: true, YieldSince: 5})}, RoleMaster, false, "a", "b is demoted"},
+		{"both demoted: the one demoted later hands over", ElectionInput{Self: "a", Groups: []LocalGroup{{Name: "web", Priority: 1, Claiming: true, Yield: true, YieldSince: t0.Add(time.Second)}}, Alive: peer(GroupView{Candidate: true, Priority: 1, Yield: true, YieldSince: t0.UnixNano()})}, RoleBackup, false, "b", "demoted: handing over to b"},
+		{"both demoted: the one demoted first keeps", ElectionInput{Self: "c", Groups: []LocalGroup{{Name: "web", Priority: 1, Claiming: true, Yield: true, YieldSince: t0}}, Alive: peer(GroupView{Candidate: true, Priority: 1, Yield: true, YieldSince: t0.Add(time.Second).UnixNano()})}, RoleMaster, false, "c", "owner"},
 		{"unknown member ignored", ElectionInput{Self: "a", Members: []string{"a", "c"}, Groups: web(100, false, true), Alive: peer(cand(200, true))}, RoleMaster, false, "a", ""},
 	}
 	for _, c := range cases {
