@@ -38,6 +38,10 @@ type Group struct {
 	Interface      string    `json:"interface"`
 	Reason         string    `json:"reason,omitempty"`
 	LastTransition time.Time `json:"last_transition,omitzero"`
+	// Override is an operator's standing demote or promote on this
+	// director (kept across restarts until `lvsctl clear`).
+	Override      string    `json:"override,omitempty"`
+	OverrideSince time.Time `json:"override_since,omitzero"`
 }
 
 // Service is one virtual service with its backends.

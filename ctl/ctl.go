@@ -32,8 +32,8 @@ Commands:
   backend add SERVICE ADDRESS[:PORT] [--weight N]
   backend remove SERVICE ADDRESS[:PORT]
   failover GROUP                           move GROUP's VIPs to the best other director
-  demote GROUP                             give up GROUP here and stay backup until promote/clear
-  promote GROUP                            take GROUP here and keep it until demote/clear
+  demote GROUP                             give up GROUP here and stay backup until promote/clear (kept across restarts)
+  promote GROUP                            take GROUP here and keep it until demote/clear (kept across restarts)
   clear GROUP                              drop demote/promote: back to priority-based election
   reload                                   reload the config (an invalid one changes nothing)
   check-config                             validate the config lvsd would load

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
 	"time"
 
@@ -284,20 +285,30 @@ func (e *engine) groupAction(action, group string) (string, error) {
 			eff = "demote"
 		}
 	}
-	var err error
-	switch eff {
-	case "demote":
-		err = e.node.Demote(group)
-	case "promote":
-		err = e.node.Promote(group)
-	case "clear":
-		err = e.node.ClearOverride(group)
-	default:
+	o, ok := parseOverride(eff)
+	if !ok && eff != "clear" {
 		return "", api.BadRequest("", "unknown action %q", action)
 	}
-	if err != nil {
+	// Persist first: an override the file does not hold would be undone by
+	// a restart (a demoted director taking the VIP back after patching).
+	now := time.Now()
+	next := maps.Clone(e.overrides)
+	if eff == "clear" {
+		delete(next, group)
+	} else {
+		next[group] = groupOverride{Override: eff, Since: now}
+	}
+	path := overridesPath(e.cfg.Node.StateDir)
+	if err := saveOverrides(path, next); err != nil {
 		return "", fmt.Errorf("%s %s: %w", action, group, err)
 	}
+	if err := e.node.SetOverride(group, o, now); err != nil {
+		if rerr := saveOverrides(path, e.overrides); rerr != nil {
+			e.log.Error("restoring VIP group overrides after a failed action", "err", rerr)
+		}
+		return "", fmt.Errorf("%s %s: %w", action, group, err)
+	}
+	e.overrides = next
 	e.events.add(api.Event{Kind: "operator", Subject: group, To: eff, Reason: action + " on " + e.cfg.Node.Name})
 	return eff, nil
 }

@@ -75,8 +75,11 @@ type engine struct {
 	events  *eventLog
 	metrics *metrics.Metrics
 	store   *opstate.Store
-	reqs    chan func()
-	loopCtx context.Context
+	// overrides are this director's standing demote/promote per VIP group,
+	// persisted (overrides.json) and restored into the election at start.
+	overrides map[string]groupOverride
+	reqs      chan func()
+	loopCtx   context.Context
 
 	// loop-owned
 	loader   config.Loader
@@ -145,6 +148,9 @@ func Run(ctx context.Context, opts Options) (err error) {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	if e.store, err = opstate.Open(cfg.Node.Name, filepath.Join(cfg.Node.StateDir, "runtime.json")); err != nil {
+		return err
+	}
+	if e.overrides, err = loadOverrides(overridesPath(cfg.Node.StateDir)); err != nil {
 		return err
 	}
 

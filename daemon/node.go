@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,7 +18,9 @@ import (
 // exchanged in full by memberlist's push-pull, and every heartbeat carries a
 // digest of them so a peer that differs gets our full state at once.
 func (e *engine) startNode() error {
-	n, err := vrrp.New(vrrpSpec(e.cfg, e.opts.Witness), e.log)
+	spec := vrrpSpec(e.cfg, e.opts.Witness)
+	e.restoreOverrides(&spec)
+	n, err := vrrp.New(spec, e.log)
 	if err != nil {
 		return fmt.Errorf("VIP election: %w", err)
 	}
@@ -160,5 +163,25 @@ func describe(r opstate.Record) string {
 	case r.Added:
 		return fmt.Sprintf("added (weight %d)", r.Weight)
 	}
-	return "enabled"
+	return "in service" // undrain, enable, or a re-add of a configured backend
+}
+
+// restoreOverrides puts the saved demote/promote of each configured group
+// back into the election spec; saved entries of groups no longer configured
+// are reported and left in the file (the group may come back).
+func (e *engine) restoreOverrides(spec *vrrp.Spec) {
+	for i := range spec.Groups {
+		g := &spec.Groups[i]
+		if o, ok := e.overrides[g.Name]; ok {
+			g.Override, _ = parseOverride(o.Override)
+			g.OverrideSince = o.Since
+			e.log.Warn("VIP group override restored from the state file: `lvsctl clear` ends it",
+				"group", g.Name, "override", o.Override, "since", o.Since)
+		}
+	}
+	for name := range e.overrides {
+		if !slices.ContainsFunc(spec.Groups, func(g vrrp.GroupSpec) bool { return g.Name == name }) {
+			e.log.Warn("saved VIP group override names a group not in the config: ignored", "group", name)
+		}
+	}
 }

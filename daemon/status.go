@@ -11,6 +11,7 @@ import (
 	"github.com/lvsd/lvsd/director/ipvsdp"
 	"github.com/lvsd/lvsd/healthcheck"
 	"github.com/lvsd/lvsd/metrics"
+	"github.com/lvsd/lvsd/vrrp"
 )
 
 // status builds the API status: the loop's view first, then the kernel's
@@ -115,7 +116,8 @@ func (e *engine) groups() []api.Group {
 		if cg := e.cfg.VIPGroup(g.Name); cg != nil {
 			ag.Interface = cg.Interface
 		}
-		if g.Override.String() != "none" && g.Override.String() != "" {
+		if g.Override != vrrp.OverrideNone {
+			ag.Override, ag.OverrideSince = g.Override.String(), g.OverrideSince
 			ag.Reason = strings.TrimSpace(ag.Reason + " (override: " + g.Override.String() + ")")
 		}
 		out = append(out, ag)
@@ -231,9 +233,10 @@ func (m metricsSource) State(ctx context.Context, backends bool) (metrics.State,
 
 func (m metricsSource) IPVSStats(ctx context.Context, backends bool) ([]metrics.ServiceStats, error) {
 	var dp Kernel
-	names := map[director.ServiceKey]string{}
+	var names map[director.ServiceKey]string
 	if err := m.e.do(ctx, func() {
 		dp = m.e.dp
+		names = make(map[director.ServiceKey]string, len(m.e.cfg.Services))
 		for _, s := range m.e.cfg.Services {
 			names[serviceKeyOf(s)] = s.Name
 		}
@@ -247,13 +250,16 @@ func (m metricsSource) IPVSStats(ctx context.Context, backends bool) ([]metrics.
 	if err != nil {
 		return nil, err
 	}
-	var out []metrics.ServiceStats
+	out := make([]metrics.ServiceStats, 0, len(stats))
 	for _, s := range stats {
 		name, ok := names[s.Service.Key]
 		if !ok {
 			continue // not lvsd's service
 		}
 		ms := metrics.ServiceStats{Service: name, Counters: counters(s.Counters)}
+		if backends {
+			ms.Backends = make([]metrics.BackendStats, 0, len(s.Destinations))
+		}
 		for _, d := range s.Destinations {
 			if !backends {
 				break
