@@ -285,6 +285,23 @@ func TestOpsLvsctl(t *testing.T) {
 			t.Fatalf("failover --json answered %+v, want backup, owner dir-b", g)
 		}
 		l.ownerIs(l.b)
+		// The 3 a.m. round trip: failover away from dir-a (patch it), then
+		// away from dir-b without clearing dir-a. The one demoted last gives
+		// way: the VIP returns to dir-a and stays there.
+		mustMatch(t, l.b.mustCtl("failover", haGroup), `failover: group web is now backup here \(owner dir-a\)`)
+		l.ownerIs(l.a)
+		before := len(electionEvents(t, l.a)) + len(electionEvents(t, l.b))
+		time.Sleep(time.Second)
+		if after := len(electionEvents(t, l.a)) + len(electionEvents(t, l.b)); after != before {
+			t.Fatalf("both directors demoted: %d election transitions in 1 s after settling, want none\ndir-a:\n%s\ndir-b:\n%s",
+				after-before, formatEvents(electionEvents(t, l.a)), formatEvents(electionEvents(t, l.b)))
+		}
+		// A demotion is kept across a restart: dir-b, restarted, stays backup.
+		l.b.stop()
+		l.b.start()
+		l.ownerIs(l.a)
+		mustMatch(t, l.b.mustCtl("status"), `web\s+BACKUP\s+dir-a\s+1 \(base \d+\).*override: demote`)
+		group(l.b, false, "clear")
 		group(l.a, false, "clear")
 		l.ownerIs(l.a)
 		hc.echo("after the ownership changes")
