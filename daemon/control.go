@@ -281,8 +281,14 @@ func (e *engine) groupAction(action, group string) (string, error) {
 	eff := action
 	if action == "failover" {
 		eff = "promote"
-		if e.groupState(group) == vrrp.RoleMaster {
+		if gs := e.groupStatus(group); gs.State == vrrp.RoleMaster {
 			eff = "demote"
+			// Before patching, a failover that leaves the VIP here would be
+			// a trap: refuse it (an explicit demote is still possible).
+			if gs.Successor == "" {
+				return "", api.Conflict("check the other directors (lvsctl status there); `lvsctl demote` sets the override anyway",
+					"no other director is alive and eligible for group %s: a failover would leave its VIPs here", group)
+			}
 		}
 	}
 	o, ok := parseOverride(eff)
@@ -323,11 +329,13 @@ func settled(action string, r vrrp.Role) bool {
 	return true
 }
 
-func (e *engine) groupState(group string) vrrp.Role {
+func (e *engine) groupState(group string) vrrp.Role { return e.groupStatus(group).State }
+
+func (e *engine) groupStatus(group string) vrrp.GroupStatus {
 	for _, g := range e.node.Status().Groups {
 		if g.Name == group {
-			return g.State
+			return g
 		}
 	}
-	return vrrp.RoleStopped
+	return vrrp.GroupStatus{Name: group, State: vrrp.RoleStopped}
 }

@@ -68,6 +68,17 @@ func TestEngineDemoteSurvivesRestart(t *testing.T) {
 	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
 	r.eventually("the standalone node owns the VIP", func() bool { return hasAddr(t, "198.18.1.63") })
 
+	// With no other director to take it, failover refuses and changes nothing.
+	if _, err := r.client.Group(ctx, "failover", "web"); err == nil || !strings.Contains(err.Error(), "no other director is alive and eligible for group web") {
+		t.Fatalf("failover with no peer: err %v, want a refusal", err)
+	}
+	if g := groupOf(t, r, "web"); g.Override != "" || g.State != "master" {
+		t.Fatalf("a refused failover changed the group: %+v", g)
+	}
+	if _, err := os.Stat(overridesPath(filepath.Join(dir, "state"))); !os.IsNotExist(err) {
+		t.Fatalf("a refused failover wrote the overrides file (stat: %v)", err)
+	}
+
 	g, err := r.client.Group(ctx, "demote", "web")
 	if err != nil {
 		t.Fatal(err)

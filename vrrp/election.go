@@ -85,6 +85,9 @@ type Decision struct {
 	// Conflict names other live claimants while this node keeps the group
 	// (a healed partition): the owner must re-announce.
 	Conflict []string
+	// Successor is the live, eligible peer that would own the group if this
+	// node gave it up ("" none): a failover with none would change nothing.
+	Successor string
 }
 
 // ElectionState is the little memory Elect needs between calls.
@@ -267,6 +270,9 @@ func Elect(in ElectionInput, st ElectionState) (ElectionResult, ElectionState) {
 			}
 		}
 		top, haveTop := best(cs, eligible)
+		if s, ok := best(cs[1:], eligible); ok {
+			d.Successor = s.name
+		}
 		switch {
 		case g.Fault:
 			d.Role = RoleFault

@@ -325,3 +325,23 @@ func TestElectSimulatedClusterNeverTwoOwners(t *testing.T) {
 		}
 	}
 }
+
+func TestElectSuccessor(t *testing.T) {
+	own := []LocalGroup{{Name: "web", Priority: 200, Claiming: true, Preempt: true}}
+	for _, c := range []struct {
+		name  string
+		alive map[string]map[string]GroupView
+		want  string
+	}{
+		{"alone", nil, ""},
+		{"eligible peer", map[string]map[string]GroupView{"b": {"web": cand(100, false)}}, "b"},
+		{"peer in fault", map[string]map[string]GroupView{"b": {"web": {Candidate: true, Priority: 100, Fault: true}}}, ""},
+		{"witness only", map[string]map[string]GroupView{"w": {"web": {Vote: "a"}}}, ""},
+		{"best of two", map[string]map[string]GroupView{"b": {"web": cand(100, false)}, "c": {"web": cand(150, false)}}, "c"},
+	} {
+		d := elect1(t, ElectionInput{Self: "a", Groups: own, Alive: c.alive})
+		if d.Successor != c.want || d.Role != RoleMaster {
+			t.Errorf("%s: successor %q role %v, want %q as master", c.name, d.Successor, d.Role, c.want)
+		}
+	}
+}

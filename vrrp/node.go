@@ -54,6 +54,9 @@ type GroupStatus struct {
 	Fault    bool
 	Reason   string
 	Override Override
+	// Successor is the live, eligible peer that would take the group if this
+	// node gave it up ("" none).
+	Successor string
 	// OverrideSince is when the operator set Override (orders demotions).
 	OverrideSince time.Time
 	Since         time.Time // last transition
@@ -310,6 +313,7 @@ type groupRT struct {
 	conflict  bool
 	annCancel context.CancelFunc
 	annKick   chan struct{}
+	successor string
 	prio      uint8
 	fault     bool
 }
@@ -705,6 +709,7 @@ func (e *engine) evaluate(now time.Time) {
 	}
 	for i, d := range res.Decisions {
 		g := e.groups[i]
+		g.successor = d.Successor
 		wasClaiming := g.claiming
 		e.apply(g, d, now)
 		if wasClaiming && g.claiming && len(returned) > 0 {
@@ -884,7 +889,8 @@ func (e *engine) snapshot(res ElectionResult) {
 	}
 	for _, g := range e.groups {
 		gs := GroupStatus{Name: g.spec.Name, State: g.role, Owner: g.owner, Priority: g.prio, Base: g.spec.Priority,
-			Fault: g.fault, Reason: g.reason, Override: g.override, OverrideSince: g.overSince, Since: g.since}
+			Fault: g.fault, Reason: g.reason, Override: g.override, OverrideSince: g.overSince, Since: g.since,
+			Successor: g.successor}
 		for _, a := range g.spec.Addresses {
 			gs.Addresses = append(gs.Addresses, a.String())
 		}
