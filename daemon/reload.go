@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 	"slices"
 	"time"
 
@@ -100,6 +101,8 @@ func (e *engine) apply(cfg *config.Config) []string {
 		changes = append(changes, what+" changed: restart lvsd to apply it (kept the running value)")
 		e.log.Warn("reload: change needs a restart", "what", what)
 	}
+	changes = append(changes, e.applyGroups(old, cfg)...)
+	keepRunning(old, cfg)
 	if e.opts.Witness {
 		e.cfg = cfg
 		return changes
@@ -262,10 +265,46 @@ func backendChanges(a, b *config.Service) string {
 	return out
 }
 
+// applyGroups hands changed [[vip_group]] settings to the running election.
+// What it cannot change in place (a group added, removed or renamed, its
+// interface, the interfaces and scripts it tracks) is refused whole, and
+// the running groups stay.
+func (e *engine) applyGroups(old, cfg *config.Config) []string {
+	if e.opts.Witness || sameGroups(old.VIPGroups, cfg.VIPGroups) {
+		return nil // a witness holds no group
+	}
+	err := errors.New("the VIP election is not running (lvsd started without [cluster] or [[vip_group]])")
+	if e.node != nil {
+		err = e.node.UpdateGroups(vrrpSpec(cfg, false).Groups)
+	}
+	if err != nil {
+		cfg.VIPGroups = old.VIPGroups
+		e.log.Warn("reload: change needs a restart", "what", "[[vip_group]]", "err", err)
+		return []string{fmt.Sprintf("[[vip_group]] changed beyond what a reload applies (%v): restart lvsd to apply it (kept the running value)", err)}
+	}
+	var names []string
+	for i, g := range cfg.VIPGroups {
+		if !sameGroups(old.VIPGroups[i:i+1], cfg.VIPGroups[i:i+1]) {
+			names = append(names, g.Name)
+		}
+	}
+	e.log.Info("reload: VIP groups updated in place", "groups", names)
+	return []string{"vip_group " + strings.Join(names, ", ") + " updated"}
+}
+
+// keepRunning puts the running values of the sections a reload cannot
+// change back into the new config, so that what lvsd reports and uses
+// (state_dir, the group names lvsctl accepts) is what actually runs.
+func keepRunning(old, cfg *config.Config) {
+	cfg.Node, cfg.Cluster, cfg.Control, cfg.Metrics = old.Node, old.Cluster, old.Control, old.Metrics
+	cfg.TrackScripts = old.TrackScripts
+}
+
 // restartOnly lists sections a reload cannot change in place: the node's
-// identity, the cluster, VIP groups and scripts (the running election keeps
+// identity, the cluster and track scripts (the running election keeps
 // them), the control socket and listeners, and [metrics] (listener and
-// per_backend: the collectors are built once, at start).
+// per_backend: the collectors are built once, at start). [[vip_group]] is
+// applyGroups'.
 func restartOnly(a, b *config.Config) []string {
 	var out []string
 	if a.Node != b.Node {
@@ -273,9 +312,6 @@ func restartOnly(a, b *config.Config) []string {
 	}
 	if !sameCluster(a.Cluster, b.Cluster) {
 		out = append(out, "[cluster]")
-	}
-	if !sameGroups(a.VIPGroups, b.VIPGroups) {
-		out = append(out, "[[vip_group]]")
 	}
 	if !sameScripts(a.TrackScripts, b.TrackScripts) {
 		out = append(out, "[[track_script]]")

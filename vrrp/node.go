@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -246,6 +248,131 @@ func (n *Node) SetOverride(group string, o Override, since time.Time) error {
 	}
 }
 
+// UpdateGroups applies changed VIP group settings to the running election
+// (a config reload): addresses, priority, preemption, announcements,
+// notify scripts and tracking weights. The groups must be the same, in the
+// same order, on the same interfaces, tracking the same interfaces and
+// scripts: those need a restart, and such an update is refused as a whole
+// with an error saying what differs. A group that holds its addresses adds
+// and removes the changed ones and announces again.
+func (n *Node) UpdateGroups(groups []GroupSpec) error {
+	s := cloneSpec(n.spec)
+	s.Groups = slices.Clone(groups)
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if !n.running.Load() {
+		return errors.New("vrrp: node is not running")
+	}
+	m := &ctlMsg{op: "groups", groups: s.Groups, done: make(chan struct{})}
+	select {
+	case n.inbox <- m:
+	case <-n.finished:
+		return errors.New("vrrp: node stopped")
+	}
+	select {
+	case <-m.done:
+		return m.err
+	case <-n.finished:
+		return errors.New("vrrp: node stopped")
+	}
+}
+
+// inPlace says why new cannot replace old in a running node ("" if it can).
+func inPlace(old, new *GroupSpec) string {
+	switch {
+	case old.Name != new.Name:
+		return fmt.Sprintf("vip_group %q became %q", old.Name, new.Name)
+	case old.Interface != new.Interface:
+		return fmt.Sprintf("vip_group %q: interface %s -> %s", old.Name, old.Interface, new.Interface)
+	}
+	oldIf, newIf := map[string]bool{}, map[string]bool{}
+	for _, t := range old.TrackInterface {
+		oldIf[t.Name] = true
+	}
+	for _, t := range new.TrackInterface {
+		newIf[t.Name] = true
+	}
+	if !maps.Equal(oldIf, newIf) {
+		return fmt.Sprintf("vip_group %q: track_interface names changed", old.Name)
+	}
+	oldSc, newSc := map[string]bool{}, map[string]bool{}
+	for _, t := range old.TrackScript {
+		oldSc[t.Name] = true
+	}
+	for _, t := range new.TrackScript {
+		newSc[t.Name] = true
+	}
+	if !maps.Equal(oldSc, newSc) {
+		return fmt.Sprintf("vip_group %q: track_script names changed", old.Name)
+	}
+	return ""
+}
+
+// updateGroups is UpdateGroups on the loop.
+func (e *engine) updateGroups(groups []GroupSpec) error {
+	n := e.n
+	if len(groups) != len(e.groups) {
+		return fmt.Errorf("vrrp: %d vip_groups running, %d given (adding or removing a group)", len(e.groups), len(groups))
+	}
+	var why []string
+	for i, g := range e.groups {
+		if w := inPlace(g.spec, &groups[i]); w != "" {
+			why = append(why, w)
+		}
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("vrrp: %s", strings.Join(why, "; "))
+	}
+	for i, g := range e.groups {
+		old, new := g.spec, &groups[i]
+		new.Override, new.OverrideSince = old.Override, old.OverrideSince
+		g.spec = new
+		if !g.claiming {
+			continue
+		}
+		lg := n.log.With("group", new.Name)
+		added, removed := prefixDiff(old.Addresses, new.Addresses)
+		if len(removed) > 0 {
+			if err := n.addrs.remove(new.Interface, removed); err != nil {
+				lg.Error("removing addresses dropped from the group", "err", err)
+			}
+		}
+		if len(added) > 0 {
+			if err := n.addrs.add(new.Interface, added); err != nil {
+				lg.Error("adding addresses new to the group", "err", err)
+			}
+		}
+		if len(added)+len(removed) > 0 || old.GARPCount != new.GARPCount || old.GARPInterval != new.GARPInterval || old.GARPRefresh != new.GARPRefresh {
+			// The announcer holds the spec it started with: start anew,
+			// with a burst for the new addresses.
+			lg.Info("group updated while owner: announcing again", "added", added, "removed", removed)
+			g.stopAnnouncing()
+			actx, cancel := context.WithCancel(context.Background())
+			g.annCancel, g.annKick = cancel, make(chan struct{}, 1)
+			go announceLoop(actx, n.announcer, g.spec, g.annKick, lg)
+		}
+	}
+	n.log.Info("vip_groups updated", "groups", len(groups))
+	e.dirty = true
+	return nil
+}
+
+// prefixDiff returns the prefixes of b not in a, and of a not in b.
+func prefixDiff(a, b []netip.Prefix) (added, removed []netip.Prefix) {
+	for _, p := range b {
+		if !slices.Contains(a, p) {
+			added = append(added, p)
+		}
+	}
+	for _, p := range a {
+		if !slices.Contains(b, p) {
+			removed = append(removed, p)
+		}
+	}
+	return added, removed
+}
+
 func (n *Node) post(m any) {
 	select {
 	case n.inbox <- m:
@@ -289,6 +416,8 @@ type ctlMsg struct {
 	group    string
 	override Override
 	since    time.Time
+	groups   []GroupSpec // op "groups"
+	err      error       // op "groups": the answer, set before done closes
 	done     chan struct{}
 }
 
@@ -555,6 +684,12 @@ func (e *engine) handle(m any) {
 		}
 		n.log.Info("tracked state changed", "kind", m.kind, "name", m.name, "up", m.up, "detail", m.detail)
 		e.dirty = true
+	case *ctlMsg:
+		m.err = e.updateGroups(m.groups)
+		if m.err == nil {
+			e.evaluate(time.Now())
+		}
+		close(m.done)
 	case ctlMsg:
 		switch m.op {
 		case "override":

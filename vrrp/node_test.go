@@ -22,7 +22,11 @@ func (f *fakeAddrs) remove(ifname string, a []netip.Prefix) error { return f.rec
 func (f *fakeAddrs) rec(op, ifname string, a []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.log = append(f.log, op+" "+ifname+" "+a[0].String())
+	var ps []string
+	for _, p := range a {
+		ps = append(ps, p.String())
+	}
+	f.log = append(f.log, op+" "+ifname+" "+strings.Join(ps, ","))
 	return nil
 }
 func (f *fakeAddrs) ops() string { f.mu.Lock(); defer f.mu.Unlock(); return strings.Join(f.log, "; ") }
@@ -139,5 +143,89 @@ func TestStartHoldEndsOnceEveryPeerIsHeard(t *testing.T) {
 				t.Fatalf("heardAll = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestUpdateGroupsInPlace: a reload changes a running group's addresses
+// and priority; the owner adds and removes just the changed addresses and
+// announces again. A change needing a restart is refused whole.
+func TestUpdateGroupsInPlace(t *testing.T) {
+	vip := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, a := range s {
+			out = append(out, netip.MustParsePrefix(a))
+		}
+		return out
+	}
+	web := GroupSpec{Name: "web", Addresses: vip("198.18.9.1/32", "198.18.9.2/32"), Priority: 100, GARPCount: 2, GARPInterval: time.Millisecond}
+	n, err := New(Spec{Node: NodeSpec{Name: "solo", Interface: "lo"}, Groups: []GroupSpec{web}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, ann := &fakeAddrs{}, &fakeAnnouncer{}
+	n.addrs, n.announcer = addrs, ann
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for i := 0; i < 1000 && !cond(); i++ {
+			time.Sleep(2 * time.Millisecond)
+		}
+		if !cond() {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+	waitFor("master", func() bool { g := n.Status().Groups; return len(g) == 1 && g[0].State == RoleMaster })
+	waitFor("the takeover burst", func() bool { return ann.count() >= 2 })
+	if err := n.Demote("web"); err != nil { // an override survives the update
+		t.Fatal(err)
+	}
+
+	before := ann.count()
+	upd := web
+	upd.Addresses, upd.Priority = vip("198.18.9.2/32", "198.18.9.3/32"), 120
+	if err := n.UpdateGroups([]GroupSpec{upd}); err != nil {
+		t.Fatal(err)
+	}
+	g := n.Status().Groups[0]
+	if g.State != RoleMaster || g.Base != 120 || g.Override != OverrideDemote || strings.Join(g.Addresses, " ") != "198.18.9.2/32 198.18.9.3/32" {
+		t.Fatalf("after the update: %+v", g)
+	}
+	waitFor("a new burst", func() bool { return ann.count() >= before+2 })
+	want := "remove lo 198.18.9.1/32,198.18.9.2/32; add lo 198.18.9.1/32,198.18.9.2/32; remove lo 198.18.9.1/32; add lo 198.18.9.3/32"
+	if got := addrs.ops(); got != want {
+		t.Fatalf("address ops:\n got %s\nwant %s", got, want)
+	}
+
+	for name, c := range map[string]struct {
+		groups []GroupSpec
+		want   string
+	}{
+		"interface": {[]GroupSpec{{Name: "web", Interface: "eth9", Addresses: upd.Addresses, Priority: 120}}, "interface lo -> eth9"},
+		"renamed":   {[]GroupSpec{{Name: "db", Addresses: upd.Addresses, Priority: 120}}, `vip_group "web" became "db"`},
+		"added":     {[]GroupSpec{upd, {Name: "db", Addresses: vip("198.18.9.9/32"), Priority: 1}}, "adding or removing a group"},
+		"tracking":  {[]GroupSpec{{Name: "web", Addresses: upd.Addresses, Priority: 120, TrackInterface: []TrackInterface{{Name: "lo"}}}}, "track_interface names changed"},
+		"invalid":   {[]GroupSpec{{Name: "web", Addresses: upd.Addresses, Priority: 300}}, "priority 300 out of range"},
+	} {
+		if err := n.UpdateGroups(c.groups); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err %v, want %q", name, err, c.want)
+		}
+	}
+	if g := n.Status().Groups[0]; g.Base != 120 || strings.Join(g.Addresses, " ") != "198.18.9.2/32 198.18.9.3/32" {
+		t.Fatalf("a refused update changed the group: %+v", g)
+	}
+	if got := addrs.ops(); got != want {
+		t.Fatalf("a refused update touched addresses:\n got %s\nwant %s", got, want)
+	}
+	if err := n.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs.ops(); !strings.HasSuffix(got, "; remove lo 198.18.9.2/32,198.18.9.3/32") {
+		t.Fatalf("stop released %s, want the updated addresses", got)
 	}
 }

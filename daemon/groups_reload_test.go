@@ -1,0 +1,68 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lvsd/lvsd/director/dptest"
+)
+
+// TestEngineReloadUpdatesVIPGroup: a reload adds an address to a running
+// group (the owner takes it at once) and changes its priority; a change
+// the election cannot take in place (another interface) is reported and
+// leaves the running group as it was, in status too.
+func TestEngineReloadUpdatesVIPGroup(t *testing.T) {
+	needNetns(t)
+	setupLink(t, "198.18.1.65")
+	listen(t, "198.18.1.65:80")
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
+	r.eventually("the standalone node owns the VIP", func() bool { return hasAddr(t, "198.18.1.63") })
+	write := func(group string) {
+		t.Helper()
+		body := strings.Replace(fmt.Sprintf(baseConfig, dir, backends("198.18.1.65")),
+			"name = \"web\"\naddresses = [\"198.18.1.63/32\"]\n", group, 1)
+		if !strings.Contains(body, group) {
+			t.Fatal("the base config's vip_group was not found")
+		}
+		if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	write("name = \"web\"\naddresses = [\"198.18.1.63/32\", \"198.18.1.64/32\"]\npriority = 120\n")
+	res, err := r.client.Reload(ctx)
+	if err != nil || !res.OK {
+		t.Fatalf("reload: %+v %v", res, err)
+	}
+	if !strings.Contains(strings.Join(res.Changes, "\n"), "vip_group web updated") {
+		t.Errorf("reload changes %q do not report the group", res.Changes)
+	}
+	r.eventually("the owner holds the new address", func() bool { return hasAddr(t, "198.18.1.64") })
+	if !hasAddr(t, "198.18.1.63") {
+		t.Error("the address kept in the group was released")
+	}
+	if g := groupOf(t, r, "web"); g.BasePriority != 120 || g.State != "master" || len(g.Addresses) != 2 {
+		t.Fatalf("status after the update: %+v", g)
+	}
+
+	write("name = \"web\"\ninterface = \"lo\"\naddresses = [\"198.18.1.63/32\"]\n")
+	res, err = r.client.Reload(ctx)
+	if err != nil || !res.OK {
+		t.Fatalf("reload: %+v %v", res, err)
+	}
+	if got := strings.Join(res.Changes, "\n"); !strings.Contains(got, "interface lvt0 -> lo") || !strings.Contains(got, "restart lvsd to apply it") {
+		t.Errorf("reload changes %q do not name the restart-only change", res.Changes)
+	}
+	if !hasAddr(t, "198.18.1.64") {
+		t.Error("a refused group change released an address")
+	}
+	if g := groupOf(t, r, "web"); g.Interface != "lvt0" || g.BasePriority != 120 || len(g.Addresses) != 2 {
+		t.Fatalf("status after a refused update: %+v, want the running group", g)
+	}
+}
