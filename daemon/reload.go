@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
-	"strings"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/lvsd/lvsd/api"
