@@ -66,3 +66,31 @@ func TestEngineReloadUpdatesVIPGroup(t *testing.T) {
 		t.Fatalf("status after a refused update: %+v, want the running group", g)
 	}
 }
+
+// TestEngineReloadKeepsRunningNode: a reload that changes [node] state_dir
+// is reported as needing a restart, and lvsd keeps using the running one.
+func TestEngineReloadKeepsRunningNode(t *testing.T) {
+	needNetns(t)
+	setupLink(t, "198.18.1.65")
+	listen(t, "198.18.1.65:80")
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
+	body := strings.Replace(fmt.Sprintf(baseConfig, dir, backends("198.18.1.65")), dir+"/state", dir+"/elsewhere", 1)
+	if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.client.Reload(ctx)
+	if err != nil || !res.OK || !strings.Contains(strings.Join(res.Changes, "\n"), "[node] changed: restart lvsd") {
+		t.Fatalf("reload: %+v %v", res, err)
+	}
+	if _, err := r.client.Group(ctx, "demote", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(overridesPath(filepath.Join(dir, "state"))); err != nil {
+		t.Errorf("the running state_dir has no overrides file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "elsewhere")); !os.IsNotExist(err) {
+		t.Errorf("lvsd used the state_dir of a reload that needs a restart (stat: %v)", err)
+	}
+}
