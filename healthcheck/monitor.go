@@ -100,12 +100,13 @@ type Monitor struct {
 	closed  sync.Once
 	upd     sync.Mutex // serialises Update
 
-	mu      sync.Mutex
-	entries map[Key]*entry
-	queue   dueHeap
-	timerAt time.Time // when the scheduler means to wake next
-	epoch   time.Time
-	done    bool
+	mu       sync.Mutex
+	entries  map[Key]*entry
+	queue    dueHeap
+	inflight []*asyncRun // checks running without a worker
+	timerAt  time.Time   // when the scheduler means to wake next
+	epoch    time.Time
+	done     bool
 }
 
 type entry struct {
@@ -115,8 +116,9 @@ type entry struct {
 	target  Target
 	tr      *Tracker
 	next    time.Time
-	at      int64 // next as nanoseconds since the monitor's epoch: cheap heap order
-	idx     int   // heap index, -1 while running or removed
+	at      int64     // next as nanoseconds since the monitor's epoch: cheap heap order
+	idx     int       // heap index, -1 while running or removed
+	run     *asyncRun // for an asyncChecker, made on its first check
 	running bool
 	removed bool
 	status  Status
@@ -346,9 +348,17 @@ func (m *Monitor) Statuses() []Status {
 func (m *Monitor) Close() error {
 	m.closed.Do(func() {
 		m.mu.Lock()
-		m.done = true
+		m.done = true // no check starts after this
 		m.mu.Unlock()
 		m.cancel()
+		// A check still starting sees the canceled context once it is in
+		// the poller, so none is missed.
+		m.mu.Lock()
+		runs := slices.Clone(m.inflight)
+		m.mu.Unlock()
+		for _, r := range runs {
+			r.cancel()
+		}
 		m.wg.Wait()
 	})
 	return nil
@@ -362,12 +372,25 @@ func (m *Monitor) schedule() {
 	var due []*entry
 	for {
 		m.mu.Lock()
+		if m.done {
+			m.mu.Unlock()
+			return
+		}
 		now := time.Now()
 		horizon := now.Add(batchWindow)
 		due = due[:0]
 		for len(m.queue) > 0 && !m.queue[0].e.next.After(horizon) {
 			e := m.queue.pop()
 			e.running = true
+			if _, ok := e.checker.(asyncChecker); ok {
+				if e.run == nil {
+					e.run = newAsyncRun(e, m.finish)
+				}
+				e.run.planned = e.next
+				e.run.idx = len(m.inflight)
+				m.inflight = append(m.inflight, e.run)
+				m.wg.Add(1)
+			}
 			due = append(due, e)
 		}
 		wait := time.Hour
@@ -378,10 +401,18 @@ func (m *Monitor) schedule() {
 		}
 		m.mu.Unlock()
 
+		closing := false
 		for _, e := range due {
-			if !m.dispatch(e) {
-				return
+			if ac, ok := e.checker.(asyncChecker); ok {
+				// Even when closing: a check registered above must
+				// finish (as canceled) for Close to return.
+				ac.startCheck(m.ctx, e.run, e.target)
+			} else if !closing && !m.dispatch(e) {
+				closing = true
 			}
+		}
+		if closing {
+			return
 		}
 		timer.Reset(wait)
 		select {
@@ -398,7 +429,8 @@ func (m *Monitor) schedule() {
 const workerIdle = 10 * time.Second
 
 // dispatch hands e to an idle worker, or starts one if fewer than max
-// exist, or waits for one; false when closing.
+// exist, or waits for one; false when closing. (The scheduler starts an
+// asyncChecker's checks itself.)
 func (m *Monitor) dispatch(e *entry) bool {
 	select {
 	case m.jobs <- e:
@@ -443,14 +475,35 @@ func (m *Monitor) worker(e *entry) {
 // run performs one check and folds in its result.
 func (m *Monitor) run(e *entry) {
 	planned := e.next
-	res := e.checker.Check(m.ctx, e.target)
+	m.fold(e, planned, e.checker.Check(m.ctx, e.target), nil)
+}
+
+// finish is an asyncRun's finish: it folds in the result of a check that
+// ran without a worker.
+func (m *Monitor) finish(r *asyncRun, res Result) {
+	m.fold(r.entry, r.planned, res, r)
+	m.wg.Done()
+}
+
+// fold folds in the result of e's check planned for planned; r is the
+// check's asyncRun, if it had one.
+func (m *Monitor) fold(e *entry, planned time.Time, res Result, r *asyncRun) {
+	done := time.Now()
+	m.mu.Lock()
+	if r != nil {
+		last := len(m.inflight) - 1
+		if r.idx != last {
+			m.inflight[r.idx] = m.inflight[last]
+			m.inflight[r.idx].idx = r.idx
+		}
+		m.inflight[last] = nil
+		m.inflight = m.inflight[:last]
+	}
 	if m.ctx.Err() != nil {
+		m.mu.Unlock()
 		return // closing: the result says nothing about the backend
 	}
-	done := time.Now()
 	m.checks.Add(1)
-
-	m.mu.Lock()
 	e.running = false
 	if e.removed {
 		m.mu.Unlock()

@@ -14,8 +14,8 @@ import (
 // check that runs 10,000 times a second, so it skips the net package's
 // generality (address parsing, local/peer address lookups, socket options
 // for a connection that lives microseconds): a non-blocking socket, one
-// connect, a wait on Go's poller through os.File, and a close with RST
-// (linger 0) so no TIME_WAIT sockets pile up on the director.
+// connect, a wait in the shared connect poller (poller.go), and a close with
+// RST (linger 0) so no TIME_WAIT sockets pile up on the director.
 type tcpChecker struct {
 	base
 }
@@ -43,8 +43,23 @@ func sockaddr(a Target) unix.Sockaddr {
 }
 
 func (c *tcpChecker) connect(ctx context.Context, t Target, deadline time.Time) error {
-	if err := ctx.Err(); err != nil {
+	fd, err := c.open(ctx, t)
+	if err != nil || fd < 0 {
 		return err
+	}
+	p, err := thePoller()
+	if err == nil {
+		err = p.wait(ctx.Done(), ctx.Err, fd, deadline)
+	}
+	unix.Close(fd)
+	return err
+}
+
+// open starts a non-blocking connect to t. It returns the socket while the
+// connect is in progress, or -1 and the outcome when it is already decided.
+func (c *tcpChecker) open(ctx context.Context, t Target) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, err
 	}
 	family := unix.AF_INET6
 	if t.Addr.Unmap().Is4() {
@@ -52,76 +67,98 @@ func (c *tcpChecker) connect(ctx context.Context, t Target, deadline time.Time) 
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
-		return os.NewSyscallError("socket", err)
+		return -1, os.NewSyscallError("socket", err)
 	}
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
 		unix.Close(fd)
-		return os.NewSyscallError("setsockopt", err)
+		return -1, os.NewSyscallError("setsockopt", err)
 	}
 	if c.source.IsValid() {
 		if (family == unix.AF_INET) != c.source.Unmap().Is4() {
 			unix.Close(fd)
-			return fmt.Errorf("source %s and target %s are of different address families", c.source, t.Addr)
+			return -1, fmt.Errorf("source %s and target %s are of different address families", c.source, t.Addr)
 		}
 		if err := unix.Bind(fd, sockaddr(Target{Addr: c.source})); err != nil {
 			unix.Close(fd)
-			return os.NewSyscallError("bind", err)
+			return -1, os.NewSyscallError("bind", err)
 		}
 	}
 	switch err := unix.Connect(fd, sockaddr(t)); err {
 	case nil:
 		unix.Close(fd)
-		return nil
+		return -1, nil
 	case unix.EINPROGRESS:
+		return fd, nil
 	default:
 		unix.Close(fd)
-		return os.NewSyscallError("connect", err)
+		return -1, os.NewSyscallError("connect", err)
 	}
-	// os.NewFile registers the non-blocking fd with the runtime poller;
-	// closing the File closes the socket.
-	f := os.NewFile(uintptr(fd), "tcp-check")
-	defer f.Close()
-	if err := f.SetWriteDeadline(deadline); err != nil {
-		return err
+}
+
+// asyncChecker is a Checker that can also run a check with no goroutine
+// waiting on it: the Monitor starts tcp checks from its scheduler and gets
+// their results from the connect poller's goroutine, instead of handing
+// each to a worker that would sleep through the connect.
+type asyncChecker interface {
+	Checker
+	// startCheck starts a check of t and calls r.finish with its result
+	// exactly once, perhaps before it returns, on any goroutine. Canceling
+	// ctx ends the check at once (see asyncRun.cancel).
+	startCheck(ctx context.Context, r *asyncRun, t Target)
+}
+
+// asyncRun is one check in flight without a goroutine. The Monitor keeps
+// one per entry and reuses it (an entry runs one check at a time).
+type asyncRun struct {
+	op     connOp
+	c      *tcpChecker
+	start  time.Time
+	finish func(*asyncRun, Result)
+	// For the Monitor.
+	entry   *entry
+	planned time.Time
+	idx     int // in Monitor.inflight
+}
+
+func newAsyncRun(e *entry, finish func(*asyncRun, Result)) *asyncRun {
+	r := &asyncRun{entry: e, finish: finish}
+	r.op.arg = r
+	r.op.done = asyncConnected
+	return r
+}
+
+// cancel ends r's connect, if it is in the poller, as canceled.
+func (r *asyncRun) cancel() {
+	if p, err := thePoller(); err == nil {
+		p.cancel(&r.op, context.Canceled)
 	}
-	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(time.Unix(1, 0)) })
-		defer stop()
+}
+
+func (c *tcpChecker) startCheck(ctx context.Context, r *asyncRun, t Target) {
+	r.c, r.start = c, time.Now()
+	fd, err := c.open(ctx, t)
+	if err != nil || fd < 0 {
+		r.finish(r, c.result(r.start, err))
+		return
 	}
-	rc, err := f.SyscallConn()
+	p, err := thePoller()
+	if err == nil {
+		err = p.start(&r.op, fd, r.start.Add(c.timeout))
+	}
 	if err != nil {
-		return err
+		unix.Close(fd)
+		r.finish(r, c.result(r.start, err))
+		return
 	}
-	// RawConn.Write forgets readiness seen before it runs, so the callback
-	// first asks the socket itself (poll with no wait), and only waits for
-	// the poller's next edge while the connect is still in progress.
-	var soErr int
-	werr := rc.Write(func(fd uintptr) bool {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		n, perr := unix.Poll(pfd, 0)
-		switch {
-		case perr == unix.EINTR:
-			return false
-		case perr != nil:
-			err = os.NewSyscallError("poll", perr)
-			return true
-		case n == 0:
-			return false // SYN sent, no answer yet
-		case pfd[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0:
-			soErr, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-			if err == nil && soErr == 0 {
-				soErr = int(unix.ECONNRESET)
-			}
-		}
-		return true
-	})
-	switch {
-	case werr != nil:
-		return werr
-	case err != nil:
-		return err
-	case soErr != 0:
-		return os.NewSyscallError("connect", unix.Errno(soErr))
+	// A cancel that ran before the start found nothing to cancel.
+	if err := ctx.Err(); err != nil {
+		p.cancel(&r.op, err)
 	}
-	return nil
+}
+
+// asyncConnected is an asyncRun's connOp.done.
+func asyncConnected(op *connOp, err error) {
+	r := op.arg.(*asyncRun)
+	unix.Close(op.fd)
+	r.finish(r, r.c.result(r.start, err))
 }

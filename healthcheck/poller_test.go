@@ -1,0 +1,272 @@
+package healthcheck
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// startConnect opens a non-blocking connect to tg with the tcp checker's
+// own code; it fails the test if the outcome is already known.
+func startConnect(t *testing.T, tg Target) int {
+	t.Helper()
+	fd, err := newTCP(Spec{Type: TypeTCP, Timeout: time.Second}).open(context.Background(), tg)
+	if err != nil || fd < 0 {
+		t.Fatalf("open %s: fd %d, %v", tg, fd, err)
+	}
+	return fd
+}
+
+func testPoller(t *testing.T) *connPoller {
+	t.Helper()
+	p, err := thePoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPollerWait(t *testing.T) {
+	p := testPoller(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptForever(ln, nil)
+	up := targetOf(t, ln.Addr())
+	never := make(chan struct{})
+	noErr := func() error { return nil }
+
+	t.Run("connected", func(t *testing.T) {
+		fd := startConnect(t, up)
+		defer unix.Close(fd)
+		if err := p.wait(never, noErr, fd, time.Now().Add(5*time.Second)); err != nil {
+			t.Fatalf("got %v, want connected", err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		fd := startConnect(t, closedPort(t))
+		defer unix.Close(fd)
+		if err := p.wait(never, noErr, fd, time.Now().Add(5*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("got %v, want ECONNREFUSED", err)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		fd := startConnect(t, fullBacklog(t))
+		defer unix.Close(fd)
+		if err := p.wait(never, noErr, fd, time.Now().Add(100*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("got %v, want os.ErrDeadlineExceeded", err)
+		}
+	})
+	t.Run("canceled", func(t *testing.T) {
+		fd := startConnect(t, fullBacklog(t))
+		defer unix.Close(fd)
+		ctx, cancel := context.WithCancel(context.Background())
+		go cancel()
+		if err := p.wait(ctx.Done(), ctx.Err, fd, time.Now().Add(time.Hour)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestPollerManyConcurrent mixes successes, refusals and timeouts with
+// different deadlines, from many goroutines at once: each connect gets its
+// own outcome, exactly once.
+func TestPollerManyConcurrent(t *testing.T) {
+	p := testPoller(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptForever(ln, nil)
+	up, refused, hang := targetOf(t, ln.Addr()), closedPort(t), fullBacklog(t)
+	never := make(chan struct{})
+	noErr := func() error { return nil }
+
+	const n = 300
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tg, deadline := up, time.Now().Add(10*time.Second)
+			switch i % 3 {
+			case 1:
+				tg = refused
+			case 2:
+				tg, deadline = hang, time.Now().Add(time.Duration(50+i%7*10)*time.Millisecond)
+			}
+			fd, err := newTCP(Spec{Type: TypeTCP, Timeout: time.Second}).open(context.Background(), tg)
+			if err != nil || fd < 0 {
+				errs[i] = errors.Join(errors.New("open"), err)
+				return
+			}
+			errs[i] = p.wait(never, noErr, fd, deadline)
+			unix.Close(fd)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		var want error
+		switch i % 3 {
+		case 1:
+			want = syscall.ECONNREFUSED
+		case 2:
+			want = os.ErrDeadlineExceeded
+		}
+		if (want == nil && err != nil) || (want != nil && !errors.Is(err, want)) {
+			t.Errorf("connect %d: got %v, want %v", i, err, want)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for fd, op := range p.ops {
+		if op != nil {
+			t.Errorf("descriptor %d still in the poller's table", fd)
+		}
+	}
+}
+
+// TestPollerStaleEvent: a connect canceled before its event arrives is not
+// finished twice, and a later connect reusing its descriptor number is not
+// finished by the earlier registration.
+func TestPollerStaleEvent(t *testing.T) {
+	p := testPoller(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptForever(ln, nil)
+	up := targetOf(t, ln.Addr())
+	for range 50 {
+		results := make(chan error, 2)
+		op := &connOp{done: func(_ *connOp, err error) { results <- err }}
+		fd := startConnect(t, up)
+		if err := p.start(op, fd, time.Now().Add(5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		canceled := p.cancel(op, context.Canceled)
+		unix.Close(fd)
+		first := <-results
+		if canceled != errors.Is(first, context.Canceled) {
+			t.Fatalf("cancel reported %v but the outcome was %v", canceled, first)
+		}
+		// The same descriptor number, most likely, for the next connect.
+		fd2 := startConnect(t, up)
+		if err := p.wait(make(chan struct{}), func() error { return nil }, fd2, time.Now().Add(5*time.Second)); err != nil {
+			t.Fatalf("next connect: %v", err)
+		}
+		unix.Close(fd2)
+		select {
+		case err := <-results:
+			t.Fatalf("first connect finished twice (again with %v)", err)
+		default:
+		}
+	}
+}
+
+// TestTCPStartCheck runs asynchronous tcp checks: results arrive once, with
+// the same reasons as Check's.
+func TestTCPStartCheck(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptForever(ln, nil)
+	for _, c := range []struct {
+		name    string
+		tg      Target
+		timeout time.Duration
+		ok      bool
+		reason  string
+	}{
+		{"up", targetOf(t, ln.Addr()), 5 * time.Second, true, ""},
+		{"refused", closedPort(t), 5 * time.Second, false, "connect refused"},
+		{"timeout", fullBacklog(t), 150 * time.Millisecond, false, "timeout after 150ms"},
+		{"bad source", Target{Addr: netip.MustParseAddr("::1"), Port: 1}, 5 * time.Second, false, "source 127.0.0.1 and target ::1 are of different address families"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			spec := Spec{Type: TypeTCP, Timeout: c.timeout}
+			if c.name == "bad source" {
+				spec.Source = netip.MustParseAddr("127.0.0.1")
+			}
+			results := make(chan Result, 2)
+			r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+			newTCP(spec).startCheck(context.Background(), r, c.tg)
+			res := <-results
+			if res.OK != c.ok || res.Reason != c.reason || res.Weight != NoWeight {
+				t.Fatalf("got %+v, want ok %v reason %q", res, c.ok, c.reason)
+			}
+			if len(results) != 0 {
+				t.Fatalf("a second result: %+v", <-results)
+			}
+		})
+	}
+	t.Run("canceled", func(t *testing.T) {
+		results := make(chan Result, 2)
+		r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+		ctx, cancel := context.WithCancel(context.Background())
+		newTCP(Spec{Type: TypeTCP, Timeout: time.Hour}).startCheck(ctx, r, fullBacklog(t))
+		cancel()
+		r.cancel()
+		if res := <-results; res.OK || res.Reason != "canceled" {
+			t.Fatalf("got %+v, want canceled", res)
+		}
+	})
+	t.Run("canceled before start", func(t *testing.T) {
+		results := make(chan Result, 2)
+		r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		newTCP(Spec{Type: TypeTCP, Timeout: time.Hour}).startCheck(ctx, r, fullBacklog(t))
+		if res := <-results; res.OK || res.Reason != "canceled" {
+			t.Fatalf("got %+v, want canceled", res)
+		}
+	})
+}
+
+// TestMonitorCloseCancelsConnects: Close ends tcp checks whose connects
+// hang (timeout an hour) instead of waiting for them.
+func TestMonitorCloseCancelsConnects(t *testing.T) {
+	hang := fullBacklog(t)
+	m := NewMonitor(Options{Logger: quietLogger()})
+	spec := Spec{Type: TypeTCP, Interval: 2 * time.Hour, Timeout: time.Hour}
+	var checks []Check
+	for i := range 20 {
+		checks = append(checks, Check{Key: Key{"svc", netip.AddrPortFrom(hang.Addr, hang.Port)}, Spec: spec})
+		checks[i].Key.Service = "svc" + string(rune('a'+i))
+	}
+	if err := m.Update(checks); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "connects to start", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(m.inflight) == len(checks)
+	})
+	m.Close()
+	if n := m.ChecksRun(); n != 0 {
+		t.Fatalf("%d results counted from canceled checks", n)
+	}
+	p := testPoller(t)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for fd, op := range p.ops {
+		if op != nil {
+			t.Errorf("descriptor %d still in the poller's table after Close", fd)
+		}
+	}
+}
