@@ -13,7 +13,9 @@ const (
 )
 
 const (
-	// heartbeatVersion 2 added the demotion stamp; version 1 is still read.
+	// heartbeatVersion 2 added the demotion stamp. A heartbeat without one
+	// is still sent as version 1, so a node not yet upgraded keeps hearing
+	// its peers during a rolling upgrade unless a group is demoted.
 	heartbeatVersion = 2
 	maxDigest        = 512
 	// maxHeartbeat keeps a heartbeat inside one UDP packet after memberlist's
@@ -55,8 +57,14 @@ func (h *Heartbeat) MarshalBinary() ([]byte, error) {
 	if len(h.Digest) > maxDigest {
 		return nil, fmt.Errorf("heartbeat digest: %d bytes, at most %d", len(h.Digest), maxDigest)
 	}
+	version := byte(1)
+	for _, v := range h.Groups {
+		if v.Yield {
+			version = heartbeatVersion
+		}
+	}
 	b := make([]byte, 0, 64+len(h.Digest)+len(h.Groups)*24)
-	b = append(b, msgHeartbeat, heartbeatVersion)
+	b = append(b, msgHeartbeat, version)
 	var flags byte
 	if h.Releasing {
 		flags |= hbReleasing

@@ -112,12 +112,22 @@ func FuzzHeartbeatUnmarshal(f *testing.F) {
 	})
 }
 
+func TestHeartbeatVersionSent(t *testing.T) {
+	plain := Heartbeat{Name: "a", Groups: map[string]GroupView{"g": {Candidate: true, Priority: 100}}}
+	if b := mustMarshal(t, plain); b[1] != 1 {
+		t.Errorf("without a demotion: version %d, want 1 (readable by nodes not yet upgraded)", b[1])
+	}
+	plain.Groups["h"] = GroupView{Candidate: true, Priority: 1, Yield: true, YieldSince: 3}
+	if b := mustMarshal(t, plain); b[1] != 2 {
+		t.Errorf("with a demotion: version %d, want 2", b[1])
+	}
+}
+
 func TestHeartbeatReadsVersion1(t *testing.T) {
 	// A peer still on version 1 has no demotion stamps; it must stay
 	// readable during a rolling upgrade.
 	h := Heartbeat{Name: "dir-b", Seq: 7, Groups: map[string]GroupView{"web": {Candidate: true, Priority: 100, Claim: true}}}
 	b := mustMarshal(t, h)
-	b[1] = 1
 	var got Heartbeat
 	if err := got.UnmarshalBinary(b); err != nil {
 		t.Fatalf("version 1: %v", err)
