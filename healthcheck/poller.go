@@ -87,8 +87,9 @@ func newConnPoller() (*connPoller, error) {
 
 // start registers fd, whose non-blocking connect is in progress, as op,
 // and arranges for op.done to be called once it is connected, failed, or
-// past deadline. op.done (and op.arg) must be set.
-func (p *connPoller) start(op *connOp, fd int, deadline time.Time) error {
+// past deadline. op.done (and op.arg) must be set. rearm says fd is in the
+// set already (a reused socket, disarmed since its last event).
+func (p *connPoller) start(op *connOp, fd int, rearm bool, deadline time.Time) error {
 	at := int64(deadline.Sub(p.epoch))
 	p.mu.Lock()
 	if p.broken != nil {
@@ -102,7 +103,15 @@ func (p *connPoller) start(op *connOp, fd int, deadline time.Time) error {
 	}
 	p.ops[fd] = op
 	ev := unix.EpollEvent{Events: unix.EPOLLOUT | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(op.gen)}
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	ctl := unix.EPOLL_CTL_ADD
+	if rearm {
+		ctl = unix.EPOLL_CTL_MOD
+	}
+	err := unix.EpollCtl(p.epfd, ctl, fd, &ev)
+	if err == unix.ENOENT && rearm {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	}
+	if err != nil {
 		p.ops[fd] = nil
 		p.mu.Unlock()
 		return os.NewSyscallError("epoll_ctl", err)
@@ -154,19 +163,19 @@ func (p *connPoller) cancel(op *connOp, err error) bool {
 }
 
 // wait is start for a caller that blocks: it returns the outcome, or
-// ctxErr() once done is closed (unblocking the caller at once). The caller
-// closes fd afterwards.
-func (p *connPoller) wait(done <-chan struct{}, ctxErr func() error, fd int, deadline time.Time) error {
+// ctxErr() once done is closed (unblocking the caller at once), and
+// whether fd went into the set. The caller closes fd afterwards.
+func (p *connPoller) wait(done <-chan struct{}, ctxErr func() error, fd int, rearm bool, deadline time.Time) (bool, error) {
 	// A caller that blocks would also wait for the poller goroutine to
 	// wake it, so first ask the socket itself (a connect on loopback is
 	// decided by now).
 	if decided, err := connectDone(fd); decided {
-		return err
+		return false, err
 	}
 	op := opPool.Get().(*connOp)
-	if err := p.start(op, fd, deadline); err != nil {
+	if err := p.start(op, fd, rearm, deadline); err != nil {
 		opPool.Put(op)
-		return err
+		return false, err
 	}
 	var err error
 	select {
@@ -180,7 +189,7 @@ func (p *connPoller) wait(done <-chan struct{}, ctxErr func() error, fd int, dea
 		}
 	}
 	opPool.Put(op)
-	return err
+	return true, err
 }
 
 var opPool = sync.Pool{New: func() any {

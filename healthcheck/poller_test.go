@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -14,13 +15,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startConnect opens a non-blocking connect to tg with the tcp checker's
-// own code; it fails the test if the outcome is already known.
+// startConnect starts a non-blocking connect to tg on a new socket (not
+// one from idleSockets, so it is not in the poller's set yet).
 func startConnect(t *testing.T, tg Target) int {
 	t.Helper()
-	fd, err := newTCP(Spec{Type: TypeTCP, Timeout: time.Second}).open(context.Background(), tg)
-	if err != nil || fd < 0 {
-		t.Fatalf("open %s: fd %d, %v", tg, fd, err)
+	fd, err := newTCP(Spec{Type: TypeTCP}).socket(unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Connect(fd, sockaddr(tg)); err != unix.EINPROGRESS {
+		unix.Close(fd)
+		t.Fatalf("connect %s: %v, want EINPROGRESS", tg, err)
 	}
 	return fd
 }
@@ -49,21 +54,21 @@ func TestPollerWait(t *testing.T) {
 	t.Run("connected", func(t *testing.T) {
 		fd := startConnect(t, up)
 		defer unix.Close(fd)
-		if err := p.wait(never, noErr, fd, time.Now().Add(5*time.Second)); err != nil {
+		if _, err := p.wait(never, noErr, fd, false, time.Now().Add(5*time.Second)); err != nil {
 			t.Fatalf("got %v, want connected", err)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
 		fd := startConnect(t, closedPort(t))
 		defer unix.Close(fd)
-		if err := p.wait(never, noErr, fd, time.Now().Add(5*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
+		if _, err := p.wait(never, noErr, fd, false, time.Now().Add(5*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("got %v, want ECONNREFUSED", err)
 		}
 	})
 	t.Run("timeout", func(t *testing.T) {
 		fd := startConnect(t, fullBacklog(t))
 		defer unix.Close(fd)
-		if err := p.wait(never, noErr, fd, time.Now().Add(100*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		if _, err := p.wait(never, noErr, fd, false, time.Now().Add(100*time.Millisecond)); !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("got %v, want os.ErrDeadlineExceeded", err)
 		}
 	})
@@ -72,7 +77,7 @@ func TestPollerWait(t *testing.T) {
 		defer unix.Close(fd)
 		ctx, cancel := context.WithCancel(context.Background())
 		go cancel()
-		if err := p.wait(ctx.Done(), ctx.Err, fd, time.Now().Add(time.Hour)); !errors.Is(err, context.Canceled) {
+		if _, err := p.wait(ctx.Done(), ctx.Err, fd, false, time.Now().Add(time.Hour)); !errors.Is(err, context.Canceled) {
 			t.Fatalf("got %v, want context.Canceled", err)
 		}
 	})
@@ -107,13 +112,13 @@ func TestPollerManyConcurrent(t *testing.T) {
 			case 2:
 				tg, deadline = hang, time.Now().Add(time.Duration(50+i%7*10)*time.Millisecond)
 			}
-			fd, err := newTCP(Spec{Type: TypeTCP, Timeout: time.Second}).open(context.Background(), tg)
-			if err != nil || fd < 0 {
+			sk, err := newTCP(Spec{Type: TypeTCP, Timeout: time.Second}).open(context.Background(), tg)
+			if err != nil || sk.fd < 0 {
 				errs[i] = errors.Join(errors.New("open"), err)
 				return
 			}
-			errs[i] = p.wait(never, noErr, fd, deadline)
-			unix.Close(fd)
+			_, errs[i] = p.wait(never, noErr, sk.fd, sk.polled, deadline)
+			unix.Close(sk.fd)
 		}()
 	}
 	wg.Wait()
@@ -154,7 +159,7 @@ func TestPollerStaleEvent(t *testing.T) {
 		results := make(chan error, 2)
 		op := &connOp{done: func(_ *connOp, err error) { results <- err }}
 		fd := startConnect(t, up)
-		if err := p.start(op, fd, time.Now().Add(5*time.Second)); err != nil {
+		if err := p.start(op, fd, false, time.Now().Add(5*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		canceled := p.cancel(op, context.Canceled)
@@ -165,7 +170,7 @@ func TestPollerStaleEvent(t *testing.T) {
 		}
 		// The same descriptor number, most likely, for the next connect.
 		fd2 := startConnect(t, up)
-		if err := p.wait(make(chan struct{}), func() error { return nil }, fd2, time.Now().Add(5*time.Second)); err != nil {
+		if _, err := p.wait(make(chan struct{}), func() error { return nil }, fd2, false, time.Now().Add(5*time.Second)); err != nil {
 			t.Fatalf("next connect: %v", err)
 		}
 		unix.Close(fd2)
@@ -267,6 +272,57 @@ func TestMonitorCloseCancelsConnects(t *testing.T) {
 	for fd, op := range p.ops {
 		if op != nil {
 			t.Errorf("descriptor %d still in the poller's table after Close", fd)
+		}
+	}
+}
+
+// TestTCPSocketReuse: sockets whose connect succeeded are reset and reused
+// (also after waiting in the poller, and bound to a source), and a reused
+// socket reports each new connect's own outcome.
+func TestTCPSocketReuse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peers := make(chan string, 64)
+	go acceptForever(ln, peers)
+	up, refused := targetOf(t, ln.Addr()), closedPort(t)
+	src := netip.MustParseAddr("127.0.0.9")
+	idle := func(source netip.Addr) int {
+		idleSockets.mu.Lock()
+		defer idleSockets.mu.Unlock()
+		return len(idleSockets.m[sockKey{unix.AF_INET, source}])
+	}
+
+	c := newTCP(Spec{Type: TypeTCP, Timeout: 5 * time.Second, Source: src})
+	results := make(chan Result, 1)
+	r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+	for i := range 20 {
+		tg, want := up, ""
+		if i%5 == 4 {
+			tg, want = refused, "connect refused"
+		}
+		if i%2 == 0 {
+			c.startCheck(context.Background(), r, tg)
+			if res := <-results; res.Reason != want {
+				t.Fatalf("async check %d of %s: got %+v, want reason %q", i, tg, res, want)
+			}
+		} else if res := c.Check(context.Background(), tg); res.Reason != want {
+			t.Fatalf("check %d of %s: got %+v, want reason %q", i, tg, res, want)
+		}
+		if n := idle(src); n != 1 && want == "" {
+			t.Fatalf("after check %d: %d idle sockets for %s, want the one reused", i, n, src)
+		}
+	}
+	for i := range 16 {
+		select {
+		case p := <-peers:
+			if !strings.HasPrefix(p, "127.0.0.9:") {
+				t.Errorf("server saw peer %s, want source 127.0.0.9", p)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("server saw %d connections, want 16", i)
 		}
 	}
 }

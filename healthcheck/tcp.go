@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,28 +46,64 @@ func sockaddr(a Target) unix.Sockaddr {
 }
 
 func (c *tcpChecker) connect(ctx context.Context, t Target, deadline time.Time) error {
-	fd, err := c.open(ctx, t)
-	if err != nil || fd < 0 {
+	sk, err := c.open(ctx, t)
+	if err != nil || sk.fd < 0 {
 		return err
 	}
 	p, err := thePoller()
 	if err == nil {
-		err = p.wait(ctx.Done(), ctx.Err, fd, deadline)
+		var polled bool
+		polled, err = p.wait(ctx.Done(), ctx.Err, sk.fd, sk.polled, deadline)
+		sk.polled = sk.polled || polled
 	}
-	unix.Close(fd)
+	sk.done(c.source, err)
 	return err
 }
 
-// open starts a non-blocking connect to t. It returns the socket while the
-// connect is in progress, or -1 and the outcome when it is already decided.
-func (c *tcpChecker) open(ctx context.Context, t Target) (int, error) {
+// sock is a socket for a tcp check; polled says it is in the connect
+// poller's set.
+type sock struct {
+	fd     int
+	family int
+	polled bool
+}
+
+// open starts a non-blocking connect to t, on a reused socket if one is
+// idle. It returns the socket while the connect is in progress, or fd -1
+// and the outcome when it is already decided.
+func (c *tcpChecker) open(ctx context.Context, t Target) (sock, error) {
 	if err := ctx.Err(); err != nil {
-		return -1, err
+		return sock{fd: -1}, err
 	}
 	family := unix.AF_INET6
 	if t.Addr.Unmap().Is4() {
 		family = unix.AF_INET
 	}
+	if c.source.IsValid() && (family == unix.AF_INET) != c.source.Unmap().Is4() {
+		return sock{fd: -1}, fmt.Errorf("source %s and target %s are of different address families", c.source, t.Addr)
+	}
+	sk, ok := idleSockets.get(family, c.source)
+	if !ok {
+		fd, err := c.socket(family)
+		if err != nil {
+			return sock{fd: -1}, err
+		}
+		sk = sock{fd: fd, family: family}
+	}
+	switch err := unix.Connect(sk.fd, sockaddr(t)); err {
+	case nil:
+		sk.done(c.source, nil)
+		return sock{fd: -1}, nil
+	case unix.EINPROGRESS:
+		return sk, nil
+	default:
+		sk.done(c.source, err)
+		return sock{fd: -1}, os.NewSyscallError("connect", err)
+	}
+}
+
+// socket makes a new non-blocking socket bound to the source, if any.
+func (c *tcpChecker) socket(family int) (int, error) {
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
@@ -74,25 +113,88 @@ func (c *tcpChecker) open(ctx context.Context, t Target) (int, error) {
 		return -1, os.NewSyscallError("setsockopt", err)
 	}
 	if c.source.IsValid() {
-		if (family == unix.AF_INET) != c.source.Unmap().Is4() {
-			unix.Close(fd)
-			return -1, fmt.Errorf("source %s and target %s are of different address families", c.source, t.Addr)
-		}
 		if err := unix.Bind(fd, sockaddr(Target{Addr: c.source})); err != nil {
 			unix.Close(fd)
 			return -1, os.NewSyscallError("bind", err)
 		}
 	}
-	switch err := unix.Connect(fd, sockaddr(t)); err {
-	case nil:
-		unix.Close(fd)
-		return -1, nil
-	case unix.EINPROGRESS:
-		return fd, nil
-	default:
-		unix.Close(fd)
-		return -1, os.NewSyscallError("connect", err)
+	return fd, nil
+}
+
+// done ends the socket's connection after a connect's outcome err: a
+// socket that connected is reset and kept for the next check (creating and
+// freeing one costs more than the check's own handshake on loopback);
+// any other is closed (with RST, linger 0).
+func (sk sock) done(source netip.Addr, err error) {
+	if err != nil || !idleSockets.put(sk, source) {
+		unix.Close(sk.fd)
 	}
+}
+
+// idleSockets holds sockets whose connection was reset (connect with
+// AF_UNSPEC: the kernel sends RST, frees the port and leaves the socket
+// ready to connect again), by family and source address. At most
+// maxIdleSockets, the peak of connects in flight beyond that is closed.
+var idleSockets = sockPool{m: make(map[sockKey][]sock)}
+
+const maxIdleSockets = 512
+
+type sockKey struct {
+	family int
+	source netip.Addr
+}
+
+type sockPool struct {
+	mu sync.Mutex
+	m  map[sockKey][]sock
+	n  int
+}
+
+func (p *sockPool) get(family int, source netip.Addr) (sock, bool) {
+	k := sockKey{family, source}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.m[k]
+	if len(s) == 0 {
+		return sock{}, false
+	}
+	sk := s[len(s)-1]
+	p.m[k] = s[:len(s)-1]
+	p.n--
+	return sk, true
+}
+
+// put resets sk's connection and keeps it; false if it should be closed
+// instead.
+func (p *sockPool) put(sk sock, source netip.Addr) bool {
+	p.mu.Lock()
+	full := p.n >= maxIdleSockets
+	p.mu.Unlock()
+	if full || disconnect(sk.fd) != nil {
+		return false
+	}
+	k := sockKey{sk.family, source}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n >= maxIdleSockets {
+		return false
+	}
+	p.m[k] = append(p.m[k], sk)
+	p.n++
+	return true
+}
+
+// disconnect dissolves fd's connection (connect(2) with AF_UNSPEC; for an
+// established TCP socket the kernel sends RST) and clears the socket error
+// that leaves, which would otherwise fail the next connect's poll.
+func disconnect(fd int) error {
+	sa := unix.RawSockaddrAny{}
+	sa.Addr.Family = unix.AF_UNSPEC
+	if _, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+		return e
+	}
+	_, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	return err
 }
 
 // asyncChecker is a Checker that can also run a check with no goroutine
@@ -112,6 +214,7 @@ type asyncChecker interface {
 type asyncRun struct {
 	op     connOp
 	c      *tcpChecker
+	sk     sock
 	start  time.Time
 	finish func(*asyncRun, Result)
 	// For the Monitor.
@@ -136,17 +239,20 @@ func (r *asyncRun) cancel() {
 
 func (c *tcpChecker) startCheck(ctx context.Context, r *asyncRun, t Target) {
 	r.c, r.start = c, time.Now()
-	fd, err := c.open(ctx, t)
-	if err != nil || fd < 0 {
+	sk, err := c.open(ctx, t)
+	if err != nil || sk.fd < 0 {
 		r.finish(r, c.result(r.start, err))
 		return
 	}
 	p, err := thePoller()
 	if err == nil {
-		err = p.start(&r.op, fd, r.start.Add(c.timeout))
+		rearm := sk.polled
+		sk.polled = true
+		r.sk = sk // before the start: the result may come at once
+		err = p.start(&r.op, sk.fd, rearm, r.start.Add(c.timeout))
 	}
 	if err != nil {
-		unix.Close(fd)
+		unix.Close(sk.fd)
 		r.finish(r, c.result(r.start, err))
 		return
 	}
@@ -159,6 +265,6 @@ func (c *tcpChecker) startCheck(ctx context.Context, r *asyncRun, t Target) {
 // asyncConnected is an asyncRun's connOp.done.
 func asyncConnected(op *connOp, err error) {
 	r := op.arg.(*asyncRun)
-	unix.Close(op.fd)
+	r.sk.done(r.c.source, err)
 	r.finish(r, r.c.result(r.start, err))
 }
