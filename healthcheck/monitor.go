@@ -98,7 +98,9 @@ type Monitor struct {
 	wg      sync.WaitGroup // scheduler, dispatcher and workers
 	checks  atomic.Uint64
 	closed  sync.Once
-	upd     sync.Mutex // serialises Update
+	upd     sync.Mutex // serialises Update (and Close)
+	tcpOnce sync.Once
+	tcp     *tcpRuntime // tcp checks' poller and idle sockets; nil until the first
 
 	mu       sync.Mutex
 	entries  map[Key]*entry
@@ -136,9 +138,6 @@ func NewMonitor(opts Options) *Monitor {
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 8192
 	}
-	if opts.NewChecker == nil {
-		opts.NewChecker = New
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Monitor{
 		log:     opts.Logger,
@@ -152,6 +151,9 @@ func NewMonitor(opts Options) *Monitor {
 		entries: make(map[Key]*entry),
 		epoch:   time.Now(),
 	}
+	if m.build == nil {
+		m.build = m.newChecker
+	}
 	if opts.OnTransition != nil {
 		m.notify = newNotifier(opts.OnTransition)
 		m.wg.Add(1)
@@ -160,6 +162,24 @@ func NewMonitor(opts Options) *Monitor {
 	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.schedule() }()
 	return m
+}
+
+// newChecker is New, with tcp checkers sharing the Monitor's connect
+// poller and idle sockets (made on the first tcp check).
+func (m *Monitor) newChecker(s Spec) (Checker, error) {
+	c, err := New(s)
+	if tc, ok := c.(*tcpChecker); ok {
+		m.tcpOnce.Do(func() {
+			rt, err := newTCPRuntime()
+			if err != nil {
+				m.log.Warn("tcp checks: no connect poller, each check waits in a thread of its own", "err", err)
+				return
+			}
+			m.tcp = rt
+		})
+		tc.rt = m.tcp
+	}
+	return c, err
 }
 
 // History returns the event history (the daemon adds quorum events to it).
@@ -347,6 +367,8 @@ func (m *Monitor) Statuses() []Status {
 // consumer to return. Pending undelivered transitions are dropped.
 func (m *Monitor) Close() error {
 	m.closed.Do(func() {
+		m.upd.Lock() // an Update building checkers finishes first
+		defer m.upd.Unlock()
 		m.mu.Lock()
 		m.done = true // no check starts after this
 		m.mu.Unlock()
@@ -360,6 +382,9 @@ func (m *Monitor) Close() error {
 			r.cancel()
 		}
 		m.wg.Wait()
+		if m.tcp != nil {
+			m.tcp.close()
+		}
 	})
 	return nil
 }
@@ -382,9 +407,9 @@ func (m *Monitor) schedule() {
 		for len(m.queue) > 0 && !m.queue[0].e.next.After(horizon) {
 			e := m.queue.pop()
 			e.running = true
-			if _, ok := e.checker.(asyncChecker); ok {
-				if e.run == nil {
-					e.run = newAsyncRun(e, m.finish)
+			if ac, ok := asyncOf(e.checker); ok {
+				if e.run == nil || e.run.p != ac.poller() {
+					e.run = newAsyncRun(e, ac.poller(), m.finish)
 				}
 				e.run.planned = e.next
 				e.run.idx = len(m.inflight)
@@ -403,7 +428,7 @@ func (m *Monitor) schedule() {
 
 		closing := false
 		for _, e := range due {
-			if ac, ok := e.checker.(asyncChecker); ok {
+			if ac, ok := asyncOf(e.checker); ok {
 				// Even when closing: a check registered above must
 				// finish (as canceled) for Close to return.
 				ac.startCheck(m.ctx, e.run, e.target)
@@ -422,6 +447,13 @@ func (m *Monitor) schedule() {
 		case <-m.wake:
 		}
 	}
+}
+
+// asyncOf returns c as an asyncChecker if it can start checks without a
+// goroutine.
+func asyncOf(c Checker) (asyncChecker, bool) {
+	ac, ok := c.(asyncChecker)
+	return ac, ok && ac.poller() != nil
 }
 
 // workerIdle is how long an idle worker waits for work before it exits, so

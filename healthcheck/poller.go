@@ -52,19 +52,6 @@ type connOp struct {
 	arg  any        // for done's use
 }
 
-var (
-	sharedPollerOnce sync.Once
-	sharedPoller     *connPoller
-	sharedPollerErr  error
-)
-
-// thePoller returns the process's connect poller, started on first use and
-// never stopped (like Go's own network poller).
-func thePoller() (*connPoller, error) {
-	sharedPollerOnce.Do(func() { sharedPoller, sharedPollerErr = newConnPoller() })
-	return sharedPoller, sharedPollerErr
-}
-
 func newConnPoller() (*connPoller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -84,6 +71,10 @@ func newConnPoller() (*connPoller, error) {
 	go p.loop()
 	return p, nil
 }
+
+// close stops the poller goroutine; connects still in flight finish with
+// an error, and later starts fail.
+func (p *connPoller) close() error { return p.file.Close() }
 
 // start registers fd, whose non-blocking connect is in progress, as op,
 // and arranges for op.done to be called once it is connected, failed, or

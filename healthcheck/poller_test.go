@@ -16,7 +16,7 @@ import (
 )
 
 // startConnect starts a non-blocking connect to tg on a new socket (not
-// one from idleSockets, so it is not in the poller's set yet).
+// an idle one, so it is not in the poller's set yet).
 func startConnect(t *testing.T, tg Target) int {
 	t.Helper()
 	fd, err := newTCP(Spec{Type: TypeTCP}).socket(unix.AF_INET)
@@ -32,11 +32,30 @@ func startConnect(t *testing.T, tg Target) int {
 
 func testPoller(t *testing.T) *connPoller {
 	t.Helper()
-	p, err := thePoller()
+	p, err := newConnPoller()
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { p.close() })
 	return p
+}
+
+// testRuntime is a Monitor's tcp runtime for checkers made in a test.
+func testRuntime(t *testing.T) *tcpRuntime {
+	t.Helper()
+	rt, err := newTCPRuntime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.close)
+	return rt
+}
+
+// tcpIn is a tcp checker for s using rt, as a Monitor builds them.
+func tcpIn(rt *tcpRuntime, s Spec) *tcpChecker {
+	c := newTCP(s)
+	c.rt = rt
+	return c
 }
 
 func TestPollerWait(t *testing.T) {
@@ -185,6 +204,7 @@ func TestPollerStaleEvent(t *testing.T) {
 // TestTCPStartCheck runs asynchronous tcp checks: results arrive once, with
 // the same reasons as Check's.
 func TestTCPStartCheck(t *testing.T) {
+	rt := testRuntime(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -209,8 +229,8 @@ func TestTCPStartCheck(t *testing.T) {
 				spec.Source = netip.MustParseAddr("127.0.0.1")
 			}
 			results := make(chan Result, 2)
-			r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
-			newTCP(spec).startCheck(context.Background(), r, c.tg)
+			r := newAsyncRun(nil, rt.poller, func(_ *asyncRun, res Result) { results <- res })
+			tcpIn(rt, spec).startCheck(context.Background(), r, c.tg)
 			res := <-results
 			if res.OK != c.ok || res.Reason != c.reason || res.Weight != NoWeight {
 				t.Fatalf("got %+v, want ok %v reason %q", res, c.ok, c.reason)
@@ -222,9 +242,9 @@ func TestTCPStartCheck(t *testing.T) {
 	}
 	t.Run("canceled", func(t *testing.T) {
 		results := make(chan Result, 2)
-		r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+		r := newAsyncRun(nil, rt.poller, func(_ *asyncRun, res Result) { results <- res })
 		ctx, cancel := context.WithCancel(context.Background())
-		newTCP(Spec{Type: TypeTCP, Timeout: time.Hour}).startCheck(ctx, r, fullBacklog(t))
+		tcpIn(rt, Spec{Type: TypeTCP, Timeout: time.Hour}).startCheck(ctx, r, fullBacklog(t))
 		cancel()
 		r.cancel()
 		if res := <-results; res.OK || res.Reason != "canceled" {
@@ -233,10 +253,10 @@ func TestTCPStartCheck(t *testing.T) {
 	})
 	t.Run("canceled before start", func(t *testing.T) {
 		results := make(chan Result, 2)
-		r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+		r := newAsyncRun(nil, rt.poller, func(_ *asyncRun, res Result) { results <- res })
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		newTCP(Spec{Type: TypeTCP, Timeout: time.Hour}).startCheck(ctx, r, fullBacklog(t))
+		tcpIn(rt, Spec{Type: TypeTCP, Timeout: time.Hour}).startCheck(ctx, r, fullBacklog(t))
 		if res := <-results; res.OK || res.Reason != "canceled" {
 			t.Fatalf("got %+v, want canceled", res)
 		}
@@ -262,18 +282,27 @@ func TestMonitorCloseCancelsConnects(t *testing.T) {
 		defer m.mu.Unlock()
 		return len(m.inflight) == len(checks)
 	})
+	p := m.tcp.poller
 	m.Close()
 	if n := m.ChecksRun(); n != 0 {
 		t.Fatalf("%d results counted from canceled checks", n)
 	}
-	p := testPoller(t)
+	if len(m.inflight) != 0 {
+		t.Errorf("%d checks in flight after Close", len(m.inflight))
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for fd, op := range p.ops {
 		if op != nil {
 			t.Errorf("descriptor %d still in the poller's table after Close", fd)
 		}
 	}
+	p.mu.Unlock()
+	// Close stops the monitor's poller with it.
+	waitFor(t, 5*time.Second, "the poller to stop", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.broken != nil
+	})
 }
 
 // TestTCPSocketReuse: sockets whose connect succeeded are reset and reused
@@ -289,15 +318,16 @@ func TestTCPSocketReuse(t *testing.T) {
 	go acceptForever(ln, peers)
 	up, refused := targetOf(t, ln.Addr()), closedPort(t)
 	src := netip.MustParseAddr("127.0.0.9")
+	rt := testRuntime(t)
 	idle := func(source netip.Addr) int {
-		idleSockets.mu.Lock()
-		defer idleSockets.mu.Unlock()
-		return len(idleSockets.m[sockKey{unix.AF_INET, source}])
+		rt.idle.mu.Lock()
+		defer rt.idle.mu.Unlock()
+		return len(rt.idle.m[sockKey{unix.AF_INET, source}])
 	}
 
-	c := newTCP(Spec{Type: TypeTCP, Timeout: 5 * time.Second, Source: src})
+	c := tcpIn(rt, Spec{Type: TypeTCP, Timeout: 5 * time.Second, Source: src})
 	results := make(chan Result, 1)
-	r := newAsyncRun(nil, func(_ *asyncRun, res Result) { results <- res })
+	r := newAsyncRun(nil, rt.poller, func(_ *asyncRun, res Result) { results <- res })
 	for i := range 20 {
 		tg, want := up, ""
 		if i%5 == 4 {

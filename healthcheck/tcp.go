@@ -21,9 +21,35 @@ import (
 // RST (linger 0) so no TIME_WAIT sockets pile up on the director.
 type tcpChecker struct {
 	base
+	// rt is the Monitor's connect poller and idle sockets. A checker made
+	// by New outside a Monitor has none: each check then waits in poll(2).
+	rt *tcpRuntime
 }
 
 func newTCP(s Spec) *tcpChecker { return &tcpChecker{base: newBase(s)} }
+
+// tcpRuntime is what a Monitor's tcp checks share: the connect poller and
+// the sockets kept for reuse. The Monitor makes it on its first tcp check
+// and closes it on Close.
+type tcpRuntime struct {
+	poller *connPoller
+	idle   sockPool
+}
+
+func newTCPRuntime() (*tcpRuntime, error) {
+	p, err := newConnPoller()
+	if err != nil {
+		return nil, err
+	}
+	return &tcpRuntime{poller: p, idle: sockPool{m: make(map[sockKey][]sock)}}, nil
+}
+
+// close stops the poller and closes the idle sockets; no check may be in
+// flight.
+func (rt *tcpRuntime) close() {
+	rt.poller.close()
+	rt.idle.closeAll()
+}
 
 func (c *tcpChecker) Check(ctx context.Context, t Target) Result {
 	start := time.Now()
@@ -50,15 +76,44 @@ func (c *tcpChecker) connect(ctx context.Context, t Target, deadline time.Time) 
 	if err != nil || sk.fd < 0 {
 		return err
 	}
-	p, err := thePoller()
-	if err == nil {
+	if c.rt == nil {
+		err = waitBlocking(ctx, sk.fd, deadline)
+	} else {
 		var polled bool
-		polled, err = p.wait(ctx.Done(), ctx.Err, sk.fd, sk.polled, deadline)
+		polled, err = c.rt.poller.wait(ctx.Done(), ctx.Err, sk.fd, sk.polled, deadline)
 		sk.polled = sk.polled || polled
 	}
-	sk.done(c.source, err)
+	c.release(sk, err)
 	return err
 }
+
+// waitBlocking waits for fd's connect without a poller (a checker made
+// outside a Monitor): poll(2) in slices of at most blockingSlice, so ctx
+// ends the wait promptly.
+func waitBlocking(ctx context.Context, fd int, deadline time.Time) error {
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(min(left, blockingSlice).Milliseconds())+1)
+		switch {
+		case err == unix.EINTR || (err == nil && n == 0):
+			continue
+		case err != nil:
+			return os.NewSyscallError("poll", err)
+		case pfd[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0:
+			return soError(fd)
+		}
+		return nil
+	}
+}
+
+const blockingSlice = 20 * time.Millisecond
 
 // sock is a socket for a tcp check; polled says it is in the connect
 // poller's set.
@@ -82,7 +137,11 @@ func (c *tcpChecker) open(ctx context.Context, t Target) (sock, error) {
 	if c.source.IsValid() && (family == unix.AF_INET) != c.source.Unmap().Is4() {
 		return sock{fd: -1}, fmt.Errorf("source %s and target %s are of different address families", c.source, t.Addr)
 	}
-	sk, ok := idleSockets.get(family, c.source)
+	var sk sock
+	ok := false
+	if c.rt != nil {
+		sk, ok = c.rt.idle.get(family, c.source)
+	}
 	if !ok {
 		fd, err := c.socket(family)
 		if err != nil {
@@ -92,12 +151,12 @@ func (c *tcpChecker) open(ctx context.Context, t Target) (sock, error) {
 	}
 	switch err := unix.Connect(sk.fd, sockaddr(t)); err {
 	case nil:
-		sk.done(c.source, nil)
+		c.release(sk, nil)
 		return sock{fd: -1}, nil
 	case unix.EINPROGRESS:
 		return sk, nil
 	default:
-		sk.done(c.source, err)
+		c.release(sk, err)
 		return sock{fd: -1}, os.NewSyscallError("connect", err)
 	}
 }
@@ -121,22 +180,18 @@ func (c *tcpChecker) socket(family int) (int, error) {
 	return fd, nil
 }
 
-// done ends the socket's connection after a connect's outcome err: a
-// socket that connected is reset and kept for the next check (creating and
-// freeing one costs more than the check's own handshake on loopback);
-// any other is closed (with RST, linger 0).
-func (sk sock) done(source netip.Addr, err error) {
-	if err != nil || !idleSockets.put(sk, source) {
+// release ends the socket's connection after a connect's outcome err: in a
+// Monitor, a socket that connected is reset and kept for the next check
+// (creating and freeing one costs more than the check's own handshake on
+// loopback); any other is closed (with RST, linger 0).
+func (c *tcpChecker) release(sk sock, err error) {
+	if err != nil || c.rt == nil || !c.rt.idle.put(sk, c.source) {
 		unix.Close(sk.fd)
 	}
 }
 
-// idleSockets holds sockets whose connection was reset (connect with
-// AF_UNSPEC: the kernel sends RST, frees the port and leaves the socket
-// ready to connect again), by family and source address. At most
-// maxIdleSockets, the peak of connects in flight beyond that is closed.
-var idleSockets = sockPool{m: make(map[sockKey][]sock)}
-
+// maxIdleSockets bounds a sockPool: the peak of connects in flight beyond
+// it is closed.
 const maxIdleSockets = 512
 
 type sockKey struct {
@@ -144,6 +199,9 @@ type sockKey struct {
 	source netip.Addr
 }
 
+// sockPool holds sockets whose connection was reset (connect with
+// AF_UNSPEC: the kernel sends RST, frees the port and leaves the socket
+// ready to connect again), by family and source address.
 type sockPool struct {
 	mu sync.Mutex
 	m  map[sockKey][]sock
@@ -162,6 +220,19 @@ func (p *sockPool) get(family int, source netip.Addr) (sock, bool) {
 	p.m[k] = s[:len(s)-1]
 	p.n--
 	return sk, true
+}
+
+// closeAll closes every idle socket.
+func (p *sockPool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, socks := range p.m {
+		for _, sk := range socks {
+			unix.Close(sk.fd)
+		}
+		delete(p.m, k)
+	}
+	p.n = 0
 }
 
 // put resets sk's connection and keeps it; false if it should be closed
@@ -203,6 +274,9 @@ func disconnect(fd int) error {
 // each to a worker that would sleep through the connect.
 type asyncChecker interface {
 	Checker
+	// poller is the connect poller its checks wait in; nil: none, so the
+	// checker cannot start checks without a goroutine.
+	poller() *connPoller
 	// startCheck starts a check of t and calls r.finish with its result
 	// exactly once, perhaps before it returns, on any goroutine. Canceling
 	// ctx ends the check at once (see asyncRun.cancel).
@@ -213,6 +287,7 @@ type asyncChecker interface {
 // one per entry and reuses it (an entry runs one check at a time).
 type asyncRun struct {
 	op     connOp
+	p      *connPoller
 	c      *tcpChecker
 	sk     sock
 	start  time.Time
@@ -223,18 +298,21 @@ type asyncRun struct {
 	idx     int // in Monitor.inflight
 }
 
-func newAsyncRun(e *entry, finish func(*asyncRun, Result)) *asyncRun {
-	r := &asyncRun{entry: e, finish: finish}
+func newAsyncRun(e *entry, p *connPoller, finish func(*asyncRun, Result)) *asyncRun {
+	r := &asyncRun{entry: e, p: p, finish: finish}
 	r.op.arg = r
 	r.op.done = asyncConnected
 	return r
 }
 
 // cancel ends r's connect, if it is in the poller, as canceled.
-func (r *asyncRun) cancel() {
-	if p, err := thePoller(); err == nil {
-		p.cancel(&r.op, context.Canceled)
+func (r *asyncRun) cancel() { r.p.cancel(&r.op, context.Canceled) }
+
+func (c *tcpChecker) poller() *connPoller {
+	if c.rt == nil {
+		return nil
 	}
+	return c.rt.poller
 }
 
 func (c *tcpChecker) startCheck(ctx context.Context, r *asyncRun, t Target) {
@@ -244,27 +322,23 @@ func (c *tcpChecker) startCheck(ctx context.Context, r *asyncRun, t Target) {
 		r.finish(r, c.result(r.start, err))
 		return
 	}
-	p, err := thePoller()
-	if err == nil {
-		rearm := sk.polled
-		sk.polled = true
-		r.sk = sk // before the start: the result may come at once
-		err = p.start(&r.op, sk.fd, rearm, r.start.Add(c.timeout))
-	}
-	if err != nil {
+	rearm := sk.polled
+	sk.polled = true
+	r.sk = sk // before the start: the result may come at once
+	if err := r.p.start(&r.op, sk.fd, rearm, r.start.Add(c.timeout)); err != nil {
 		unix.Close(sk.fd)
 		r.finish(r, c.result(r.start, err))
 		return
 	}
 	// A cancel that ran before the start found nothing to cancel.
 	if err := ctx.Err(); err != nil {
-		p.cancel(&r.op, err)
+		r.p.cancel(&r.op, err)
 	}
 }
 
 // asyncConnected is an asyncRun's connOp.done.
 func asyncConnected(op *connOp, err error) {
 	r := op.arg.(*asyncRun)
-	r.sk.done(r.c.source, err)
+	r.c.release(r.sk, err)
 	r.finish(r, r.c.result(r.start, err))
 }

@@ -105,61 +105,80 @@ func TestTCPCheck(t *testing.T) {
 	go acceptForever(ln, peers)
 	up := targetOf(t, ln.Addr())
 
-	t.Run("up", func(t *testing.T) {
-		r := mustNew(t, Spec{Type: TypeTCP}).Check(context.Background(), up)
-		if !r.OK || r.Reason != "" || r.Weight != NoWeight {
-			t.Fatalf("got %+v, want plain success", r)
-		}
-	})
-	t.Run("refused", func(t *testing.T) {
-		r := mustNew(t, Spec{Type: TypeTCP}).Check(context.Background(), closedPort(t))
-		if r.OK || r.Reason != "connect refused" {
-			t.Fatalf("got %+v, want connect refused", r)
-		}
-	})
-	t.Run("timeout", func(t *testing.T) {
-		tg := fullBacklog(t)
-		start := time.Now()
-		r := mustNew(t, Spec{Type: TypeTCP, Timeout: 200 * time.Millisecond}).Check(context.Background(), tg)
-		if r.OK || r.Reason != "timeout after 200ms" {
-			t.Fatalf("got %+v, want timeout after 200ms", r)
-		}
-		if el := time.Since(start); el > 2*time.Second {
-			t.Fatalf("timeout not honoured: took %s", el)
-		}
-	})
-	t.Run("canceled context", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		r := mustNew(t, Spec{Type: TypeTCP}).Check(ctx, fullBacklog(t))
-		if r.OK || r.Reason != "canceled" {
-			t.Fatalf("got %+v, want canceled", r)
-		}
-	})
-	t.Run("source address", func(t *testing.T) {
-		for len(peers) > 0 {
-			<-peers
-		}
-		r := mustNew(t, Spec{Type: TypeTCP, Source: netip.MustParseAddr("127.0.0.7")}).Check(context.Background(), up)
-		if !r.OK {
-			t.Fatalf("got %+v", r)
-		}
-		select {
-		case p := <-peers:
-			if !strings.HasPrefix(p, "127.0.0.7:") {
-				t.Fatalf("server saw peer %s, want source 127.0.0.7", p)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatal("server saw no connection")
-		}
-	})
-	t.Run("source not local", func(t *testing.T) {
-		// Binding fails before any packet is sent.
-		r := mustNew(t, Spec{Type: TypeTCP, Source: netip.MustParseAddr("198.18.0.1")}).Check(context.Background(), up)
-		if r.OK || r.Reason != "source address not available" {
-			t.Fatalf("got %+v, want source address not available", r)
-		}
-	})
+	// Outside a Monitor a check waits in poll(2); in one, in the connect
+	// poller, on reused sockets: the same outcomes either way.
+	rt := testRuntime(t)
+	for _, mode := range []struct {
+		name  string
+		build func(*testing.T, Spec) Checker
+	}{
+		{"alone", mustNew},
+		{"in a monitor", func(t *testing.T, s Spec) Checker {
+			c := mustNew(t, s).(*tcpChecker)
+			c.rt = rt
+			return c
+		}},
+	} {
+		build := mode.build
+		t.Run(mode.name, func(t *testing.T) {
+
+			t.Run("up", func(t *testing.T) {
+				r := build(t, Spec{Type: TypeTCP}).Check(context.Background(), up)
+				if !r.OK || r.Reason != "" || r.Weight != NoWeight {
+					t.Fatalf("got %+v, want plain success", r)
+				}
+			})
+			t.Run("refused", func(t *testing.T) {
+				r := build(t, Spec{Type: TypeTCP}).Check(context.Background(), closedPort(t))
+				if r.OK || r.Reason != "connect refused" {
+					t.Fatalf("got %+v, want connect refused", r)
+				}
+			})
+			t.Run("timeout", func(t *testing.T) {
+				tg := fullBacklog(t)
+				start := time.Now()
+				r := build(t, Spec{Type: TypeTCP, Timeout: 200 * time.Millisecond}).Check(context.Background(), tg)
+				if r.OK || r.Reason != "timeout after 200ms" {
+					t.Fatalf("got %+v, want timeout after 200ms", r)
+				}
+				if el := time.Since(start); el > 2*time.Second {
+					t.Fatalf("timeout not honoured: took %s", el)
+				}
+			})
+			t.Run("canceled context", func(t *testing.T) {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				r := build(t, Spec{Type: TypeTCP}).Check(ctx, fullBacklog(t))
+				if r.OK || r.Reason != "canceled" {
+					t.Fatalf("got %+v, want canceled", r)
+				}
+			})
+			t.Run("source address", func(t *testing.T) {
+				for len(peers) > 0 {
+					<-peers
+				}
+				r := build(t, Spec{Type: TypeTCP, Source: netip.MustParseAddr("127.0.0.7")}).Check(context.Background(), up)
+				if !r.OK {
+					t.Fatalf("got %+v", r)
+				}
+				select {
+				case p := <-peers:
+					if !strings.HasPrefix(p, "127.0.0.7:") {
+						t.Fatalf("server saw peer %s, want source 127.0.0.7", p)
+					}
+				case <-time.After(2 * time.Second):
+					t.Fatal("server saw no connection")
+				}
+			})
+			t.Run("source not local", func(t *testing.T) {
+				// Binding fails before any packet is sent.
+				r := build(t, Spec{Type: TypeTCP, Source: netip.MustParseAddr("198.18.0.1")}).Check(context.Background(), up)
+				if r.OK || r.Reason != "source address not available" {
+					t.Fatalf("got %+v, want source address not available", r)
+				}
+			})
+		})
+	}
 }
 
 func TestTCPCheckIPv6(t *testing.T) {
