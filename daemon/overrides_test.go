@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,6 +87,15 @@ func TestEngineDemoteSurvivesRestart(t *testing.T) {
 	}
 	if g.Override != "demote" || g.Priority != 1 || g.OverrideSince.IsZero() {
 		t.Fatalf("after demote: %+v", g)
+	}
+	resp, err := http.Get("http://127.0.0.1:19100/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `lvsd_vip_group_override{group="web",override="demote"} 1`) {
+		t.Errorf("metrics do not show the demotion:\n%s", body)
 	}
 	saved, err := loadOverrides(overridesPath(filepath.Join(dir, "state")))
 	if err != nil || saved["web"].Override != "demote" || !saved["web"].Since.Equal(g.OverrideSince) {

@@ -269,7 +269,11 @@ func (m metricsSource) State(ctx context.Context, backends bool) (metrics.State,
 				}
 			}
 			for _, g := range ns.Groups {
-				st.Groups = append(st.Groups, metrics.GroupState{Group: g.Name, State: g.State.String(), Owner: g.Owner, Priority: int(g.Priority)})
+				gs := metrics.GroupState{Group: g.Name, State: g.State.String(), Owner: g.Owner, Priority: int(g.Priority)}
+				if g.Override == vrrp.OverrideDemote || g.Override == vrrp.OverridePromote {
+					gs.Override = g.Override.String()
+				}
+				st.Groups = append(st.Groups, gs)
 			}
 		}
 		st.Quorum = make(map[string]bool, len(e.cfg.Services))

@@ -38,6 +38,9 @@ func (c refCollector) Collect(ch chan<- prometheus.Metric) {
 		if g.Owner != "" {
 			gauge(descGroupOwner, 1, g.Group, g.Owner)
 		}
+		for _, o := range GroupOverrides {
+			gauge(descGroupOverride, bool01(o == g.Override), g.Group, o)
+		}
 		gauge(descGroupPrio, float64(g.Priority), g.Group)
 	}
 	for svc, up := range st.Quorum {
@@ -76,7 +79,7 @@ func (c refCollector) Collect(ch chan<- prometheus.Metric) {
 // unchecked and out-of-kernel backends, in text and OpenMetrics.
 func TestScrapeMatchesReference(t *testing.T) {
 	src := bigSource(300, 7)
-	src.st.Groups = append(src.st.Groups, GroupState{Group: "db", State: "backup", Priority: 90})
+	src.st.Groups = append(src.st.Groups, GroupState{Group: "db", State: "backup", Priority: 90, Override: "demote"})
 	r := rand.New(rand.NewPCG(1, 2))
 	r.Shuffle(len(src.st.Backend), func(i, j int) { src.st.Backend[i], src.st.Backend[j] = src.st.Backend[j], src.st.Backend[i] })
 	r.Shuffle(len(src.stats), func(i, j int) { src.stats[i], src.stats[j] = src.stats[j], src.stats[i] })

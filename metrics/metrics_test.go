@@ -42,7 +42,7 @@ func scrape(t *testing.T, m *Metrics) string {
 func sample() fakeSource {
 	var st State
 	st.Members.Alive, st.Members.Dead = 2, 1
-	st.Groups = []GroupState{{Group: "web", State: "backup", Owner: "dir-b", Priority: 100}}
+	st.Groups = []GroupState{{Group: "web", State: "backup", Owner: "dir-b", Priority: 100, Override: "demote"}}
 	st.Quorum = map[string]bool{"web-pcc": true}
 	st.Backend = []BackendState{
 		{Service: "web-pcc", Backend: "198.18.1.65:0", Up: false, Weight: -1, Checked: true, LastCheck: 3 * time.Millisecond, Checks: 42},
@@ -66,6 +66,8 @@ func TestScrape(t *testing.T) {
 		`lvsd_vip_group_state{group="web",state="master"} 0`,
 		`lvsd_vip_group_owner{group="web",owner="dir-b"} 1`,
 		`lvsd_vip_group_priority{group="web"} 100`,
+		`lvsd_vip_group_override{group="web",override="demote"} 1`,
+		`lvsd_vip_group_override{group="web",override="promote"} 0`,
 		`lvsd_vip_group_transitions_total{group="web",state="master"} 1`,
 		`lvsd_cluster_members{state="alive"} 2`,
 		`lvsd_cluster_members{state="dead"} 1`,

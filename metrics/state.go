@@ -49,7 +49,12 @@ type BackendState struct {
 type GroupState struct {
 	Group, State, Owner string
 	Priority            int
+	Override            string // "demote", "promote" or "" (none)
 }
+
+// GroupOverrides are the operator overrides a group can carry on a node;
+// each gets a series so a forgotten demote can be alerted on.
+var GroupOverrides = []string{"demote", "promote"}
 
 // State is lvsd's current state as the metrics show it.
 type State struct {
@@ -75,15 +80,16 @@ var (
 	svcLabels  = []string{"service"}
 	destLabels = []string{"service", "backend"}
 
-	descGroupState = prometheus.NewDesc("lvsd_vip_group_state", "1 for the VIP group's current state on this node, 0 for the others.", []string{"group", "state"}, nil)
-	descGroupOwner = prometheus.NewDesc("lvsd_vip_group_owner", "1 for the member this node believes owns the VIP group.", []string{"group", "owner"}, nil)
-	descGroupPrio  = prometheus.NewDesc("lvsd_vip_group_priority", "Effective election priority of this node for the VIP group.", []string{"group"}, nil)
-	descMembers    = prometheus.NewDesc("lvsd_cluster_members", "Cluster members by liveness as seen by this node.", []string{"state"}, nil)
-	descQuorum     = prometheus.NewDesc("lvsd_service_quorum_up", "1 when the service's healthy weight meets its quorum.", svcLabels, nil)
-	descBackendUp  = prometheus.NewDesc("lvsd_backend_up", "1 when the backend's health check passes (or it has none), 0 when it fails.", destLabels, nil)
-	descBackendW   = prometheus.NewDesc("lvsd_backend_weight", "Weight lvsd wants in IPVS for the backend; -1 when it is not in IPVS.", destLabels, nil)
-	descCheckSecs  = prometheus.NewDesc("lvsd_healthcheck_last_duration_seconds", "Latency of the backend's last health check.", destLabels, nil)
-	descChecks     = prometheus.NewDesc("lvsd_healthchecks_total", "Health checks run against the backend.", destLabels, nil)
+	descGroupState    = prometheus.NewDesc("lvsd_vip_group_state", "1 for the VIP group's current state on this node, 0 for the others.", []string{"group", "state"}, nil)
+	descGroupOverride = prometheus.NewDesc("lvsd_vip_group_override", "1 for the operator override (demote, promote) the VIP group carries on this node, kept until lvsctl clear; 0 for the other.", []string{"group", "override"}, nil)
+	descGroupOwner    = prometheus.NewDesc("lvsd_vip_group_owner", "1 for the member this node believes owns the VIP group.", []string{"group", "owner"}, nil)
+	descGroupPrio     = prometheus.NewDesc("lvsd_vip_group_priority", "Effective election priority of this node for the VIP group.", []string{"group"}, nil)
+	descMembers       = prometheus.NewDesc("lvsd_cluster_members", "Cluster members by liveness as seen by this node.", []string{"state"}, nil)
+	descQuorum        = prometheus.NewDesc("lvsd_service_quorum_up", "1 when the service's healthy weight meets its quorum.", svcLabels, nil)
+	descBackendUp     = prometheus.NewDesc("lvsd_backend_up", "1 when the backend's health check passes (or it has none), 0 when it fails.", destLabels, nil)
+	descBackendW      = prometheus.NewDesc("lvsd_backend_weight", "Weight lvsd wants in IPVS for the backend; -1 when it is not in IPVS.", destLabels, nil)
+	descCheckSecs     = prometheus.NewDesc("lvsd_healthcheck_last_duration_seconds", "Latency of the backend's last health check.", destLabels, nil)
+	descChecks        = prometheus.NewDesc("lvsd_healthchecks_total", "Health checks run against the backend.", destLabels, nil)
 
 	descSvcConns    = prometheus.NewDesc("lvsd_ipvs_service_connections_total", "Connections scheduled by the virtual service (kernel counter).", svcLabels, nil)
 	descSvcPktsIn   = prometheus.NewDesc("lvsd_ipvs_service_packets_in_total", "Incoming packets of the virtual service.", svcLabels, nil)
@@ -107,7 +113,7 @@ type stateCollector struct {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGroupState, descGroupOwner, descGroupPrio, descMembers, descQuorum,
+	for _, d := range []*prometheus.Desc{descGroupState, descGroupOwner, descGroupOverride, descGroupPrio, descMembers, descQuorum,
 		descSvcConns, descSvcPktsIn, descSvcPktsOut, descSvcBytesIn, descSvcBytesOut, descScrapeErr} {
 		ch <- d
 	}
@@ -156,6 +162,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if g.Owner != "" {
 				e.gauge(descGroupOwner, 1, e.labels(group, e.pair(&lnOwner, g.Owner)))
+			}
+			for _, o := range GroupOverrides {
+				e.gauge(descGroupOverride, bool01(o == g.Override), e.labels(group, e.pair(&lnOverride, o)))
 			}
 			e.gauge(descGroupPrio, float64(g.Priority), e.labels(group))
 		}
@@ -265,7 +274,7 @@ func cmpBackend(b1, s1, b2, s2 string) int {
 }
 
 // Label names, shared by every label pair that has them.
-var lnService, lnBackend, lnGroup, lnState, lnOwner, lnSource = "service", "backend", "group", "state", "owner", "source"
+var lnService, lnBackend, lnGroup, lnState, lnOwner, lnSource, lnOverride = "service", "backend", "group", "state", "owner", "source", "override"
 
 // batch is how many series, label pairs or label slots an emitter
 // allocates at once.
