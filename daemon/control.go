@@ -298,6 +298,9 @@ func (e *engine) groupAction(action, group string) (string, error) {
 	// Persist first: an override the file does not hold would be undone by
 	// a restart (a demoted director taking the VIP back after patching).
 	now := time.Now()
+	if o == vrrp.OverrideDemote {
+		now = e.node.DemotionStamp(group, now)
+	}
 	next := maps.Clone(e.overrides)
 	if eff == "clear" {
 		delete(next, group)

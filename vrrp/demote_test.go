@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"maps"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -124,5 +125,33 @@ func TestDemoteBothDirectorsSettles(t *testing.T) {
 	changes, owner = s.run(t, time.Second)
 	if owner != "a" || changes != 0 {
 		t.Errorf("after clearing a: owner %q with %d changes, want a with none", owner, changes)
+	}
+}
+
+// TestDemotionStampAfterPeers: a demotion made here is stamped after every
+// live peer's announced demotion, even when this node's clock is behind,
+// so "the one demoted last gives way" holds across clock skew.
+func TestDemotionStampAfterPeers(t *testing.T) {
+	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"},
+		Groups: []GroupSpec{{Name: "web", Addresses: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/32")}, Priority: 100}}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerAt := t0.Add(time.Minute) // the peer's clock runs a minute ahead
+	e := &engine{n: n, groups: []*groupRT{{spec: &n.spec.Groups[0]}},
+		aliveSet: map[string]bool{"b": true, "c": false},
+		peers: map[string]*peerState{
+			"b": {groups: map[string]GroupView{"web": {Candidate: true, Priority: 1, Yield: true, YieldSince: peerAt.UnixNano()}}},
+			"c": {groups: map[string]GroupView{"web": {Candidate: true, Priority: 1, Yield: true, YieldSince: peerAt.Add(time.Hour).UnixNano()}}},
+		}}
+	e.snapshot(ElectionResult{})
+	if got := n.Status().Groups[0].PeerDemotedAt; !got.Equal(peerAt) {
+		t.Fatalf("PeerDemotedAt %v, want the live peer's %v (the dead peer's stamp does not count)", got, peerAt)
+	}
+	if got := n.DemotionStamp("web", t0); !got.After(peerAt) {
+		t.Errorf("demotion stamp %v with the clock behind, want after %v", got, peerAt)
+	}
+	if later := peerAt.Add(time.Second); !n.DemotionStamp("web", later).Equal(later) {
+		t.Errorf("demotion stamp with the clock ahead: want now (%v)", later)
 	}
 }

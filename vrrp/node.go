@@ -56,6 +56,10 @@ type GroupStatus struct {
 	Fault    bool
 	Reason   string
 	Override Override
+	// PeerDemotedAt is the latest demotion stamp a live peer announces for
+	// the group (zero: none). A demotion here must be stamped after it to
+	// count as the later one, whatever the clocks say (see SetOverride).
+	PeerDemotedAt time.Time
 	// Successor is the live, eligible peer that would take the group if this
 	// node gave it up ("" none).
 	Successor string
@@ -205,7 +209,22 @@ func (n *Node) SetServiceQuorum(name string, up bool) {
 
 // Demote hands the group to any other eligible node at once and keeps this
 // node at priority 1 until ClearOverride.
-func (n *Node) Demote(group string) error { return n.SetOverride(group, OverrideDemote, time.Now()) }
+func (n *Node) Demote(group string) error {
+	return n.SetOverride(group, OverrideDemote, n.DemotionStamp(group, time.Now()))
+}
+
+// DemotionStamp is the stamp for a demotion of group made now: now, or just
+// after the latest demotion a live peer announces if that is not earlier,
+// so a demotion made here last counts as the later one even when this
+// node's clock is behind.
+func (n *Node) DemotionStamp(group string, now time.Time) time.Time {
+	for _, g := range n.Status().Groups {
+		if g.Name == group && !now.After(g.PeerDemotedAt) {
+			return g.PeerDemotedAt.Add(time.Millisecond)
+		}
+	}
+	return now
+}
 
 // Promote takes the group over regardless of preemption settings and keeps
 // it (priority 255) until ClearOverride.
@@ -224,9 +243,9 @@ func (n *Node) ClearOverride(group string) error {
 	return n.SetOverride(group, OverrideNone, time.Time{})
 }
 
-// SetOverride sets a group's standing override, stamped with the wall time
-// the operator gave it (the caller persists the same stamp). Between two
-// demoted nodes the one demoted later gives way.
+// SetOverride sets a group's standing override, stamped with the time the
+// operator gave it (the caller persists the same stamp; for a demotion, use
+// DemotionStamp). Between two demoted nodes the one demoted later gives way.
 func (n *Node) SetOverride(group string, o Override, since time.Time) error {
 	if !slices.ContainsFunc(n.spec.Groups, func(g GroupSpec) bool { return g.Name == group }) {
 		return fmt.Errorf("vrrp: no vip_group named %q", group)
@@ -1026,6 +1045,15 @@ func (e *engine) snapshot(res ElectionResult) {
 		gs := GroupStatus{Name: g.spec.Name, State: g.role, Owner: g.owner, Priority: g.prio, Base: g.spec.Priority,
 			Fault: g.fault, Reason: g.reason, Override: g.override, OverrideSince: g.overSince, Since: g.since,
 			Successor: g.successor}
+		for name, alive := range e.aliveSet {
+			if p := e.peers[name]; p != nil && alive {
+				if v, ok := p.groups[g.spec.Name]; ok && v.Yield && v.YieldSince > 0 {
+					if at := time.Unix(0, v.YieldSince); at.After(gs.PeerDemotedAt) {
+						gs.PeerDemotedAt = at
+					}
+				}
+			}
+		}
 		for _, a := range g.spec.Addresses {
 			gs.Addresses = append(gs.Addresses, a.String())
 		}
