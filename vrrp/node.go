@@ -343,29 +343,59 @@ func (e *engine) updateGroups(groups []GroupSpec) error {
 	if len(why) > 0 {
 		return fmt.Errorf("vrrp: %s", strings.Join(why, "; "))
 	}
+	// All removals before all additions, and never of an address a group
+	// held here still has: an address moving between two groups this node
+	// owns must stay on the interface.
+	type change struct {
+		g              *groupRT
+		old            *GroupSpec
+		added, removed []netip.Prefix
+	}
+	var changes []change
 	for i, g := range e.groups {
 		old, new := g.spec, &groups[i]
 		new.Override, new.OverrideSince = old.Override, old.OverrideSince
 		g.spec = new
-		if !g.claiming {
-			continue
+		if g.claiming {
+			added, removed := prefixDiff(old.Addresses, new.Addresses)
+			changes = append(changes, change{g, old, added, removed})
 		}
-		lg := n.log.With("group", new.Name)
-		added, removed := prefixDiff(old.Addresses, new.Addresses)
-		if len(removed) > 0 {
-			if err := n.addrs.remove(new.Interface, removed); err != nil {
-				lg.Error("removing addresses dropped from the group", "err", err)
+	}
+	held := func(ifname string, p netip.Prefix) bool {
+		for _, g := range e.groups {
+			if g.claiming && g.spec.Interface == ifname && slices.Contains(g.spec.Addresses, p) {
+				return true
 			}
 		}
-		if len(added) > 0 {
-			if err := n.addrs.add(new.Interface, added); err != nil {
-				lg.Error("adding addresses new to the group", "err", err)
+		return false
+	}
+	for _, c := range changes {
+		var gone []netip.Prefix
+		for _, p := range c.removed {
+			if !held(c.g.spec.Interface, p) {
+				gone = append(gone, p)
 			}
 		}
-		if len(added)+len(removed) > 0 || old.GARPCount != new.GARPCount || old.GARPInterval != new.GARPInterval || old.GARPRefresh != new.GARPRefresh {
+		if len(gone) > 0 {
+			if err := n.addrs.remove(c.g.spec.Interface, gone); err != nil {
+				n.log.Error("removing addresses dropped from the group", "group", c.g.spec.Name, "err", err)
+			}
+		}
+	}
+	for _, c := range changes {
+		if len(c.added) > 0 {
+			if err := n.addrs.add(c.g.spec.Interface, c.added); err != nil {
+				n.log.Error("adding addresses new to the group", "group", c.g.spec.Name, "err", err)
+			}
+		}
+	}
+	for _, c := range changes {
+		g, old, new := c.g, c.old, c.g.spec
+		if len(c.added)+len(c.removed) > 0 || old.GARPCount != new.GARPCount || old.GARPInterval != new.GARPInterval || old.GARPRefresh != new.GARPRefresh {
 			// The announcer holds the spec it started with: start anew,
 			// with a burst for the new addresses.
-			lg.Info("group updated while owner: announcing again", "added", added, "removed", removed)
+			lg := n.log.With("group", new.Name)
+			lg.Info("group updated while owner: announcing again", "added", c.added, "removed", c.removed)
 			g.stopAnnouncing()
 			actx, cancel := context.WithCancel(context.Background())
 			g.annCancel, g.annKick = cancel, make(chan struct{}, 1)

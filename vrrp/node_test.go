@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -228,4 +229,70 @@ func TestUpdateGroupsInPlace(t *testing.T) {
 	if got := addrs.ops(); !strings.HasSuffix(got, "; remove lo 198.18.9.2/32,198.18.9.3/32") {
 		t.Fatalf("stop released %s, want the updated addresses", got)
 	}
+}
+
+// setAddrs keeps the set of addresses on the interface.
+type setAddrs struct {
+	mu  sync.Mutex
+	set map[netip.Prefix]bool
+}
+
+func (f *setAddrs) add(_ string, a []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range a {
+		f.set[p] = true
+	}
+	return nil
+}
+
+func (f *setAddrs) remove(_ string, a []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range a {
+		delete(f.set, p)
+	}
+	return nil
+}
+
+// TestUpdateGroupsMovesAddressBetweenOwnedGroups: an address a reload moves
+// from one group to another, both owned here, stays on the interface
+// (removals never take what another owned group now holds).
+func TestUpdateGroupsMovesAddressBetweenOwnedGroups(t *testing.T) {
+	p := netip.MustParsePrefix
+	b := GroupSpec{Name: "b", Addresses: []netip.Prefix{p("198.18.9.3/32")}, Priority: 100, GARPCount: 1, GARPInterval: time.Millisecond}
+	a := GroupSpec{Name: "a", Addresses: []netip.Prefix{p("198.18.9.1/32"), p("198.18.9.2/32")}, Priority: 100, GARPCount: 1, GARPInterval: time.Millisecond}
+	n, err := New(Spec{Node: NodeSpec{Name: "solo", Interface: "lo"}, Groups: []GroupSpec{b, a}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := &setAddrs{set: map[netip.Prefix]bool{}}
+	n.addrs, n.announcer = addrs, &fakeAnnouncer{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	for i := 0; i < 1000; i++ {
+		if g := n.Status().Groups; len(g) == 2 && g[0].State == RoleMaster && g[1].State == RoleMaster {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	b2, a2 := b, a
+	b2.Addresses = []netip.Prefix{p("198.18.9.2/32"), p("198.18.9.3/32")}
+	a2.Addresses = []netip.Prefix{p("198.18.9.1/32")}
+	if err := n.UpdateGroups([]GroupSpec{b2, a2}); err != nil {
+		t.Fatal(err)
+	}
+	addrs.mu.Lock()
+	got := len(addrs.set) == 3 && addrs.set[p("198.18.9.2/32")]
+	have := fmt.Sprint(addrs.set)
+	addrs.mu.Unlock()
+	if !got {
+		t.Errorf("198.18.9.2 moved from a to b, both owned here: interface has %s, want .1 .2 .3", have)
+	}
+	if err := n.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-done
 }
