@@ -247,8 +247,15 @@ func (r *rig) writeConfig(body string) {
 
 func startRig(t *testing.T, dir string, kern *fakeKernel, body string) *rig {
 	t.Helper()
-	r := &rig{t: t, dir: dir, kern: kern, reload: make(chan struct{}), done: make(chan error, 1), logs: &syncBuffer{}}
+	r := &rig{t: t, dir: dir, kern: kern}
 	r.writeConfig(body)
+	return runRig(t, dir, kern)
+}
+
+// runRig starts lvsd on the config already in dir.
+func runRig(t *testing.T, dir string, kern *fakeKernel) *rig {
+	t.Helper()
+	r := &rig{t: t, dir: dir, kern: kern, reload: make(chan struct{}), done: make(chan error, 1), logs: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

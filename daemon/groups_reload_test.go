@@ -94,3 +94,52 @@ func TestEngineReloadKeepsRunningNode(t *testing.T) {
 		t.Errorf("lvsd used the state_dir of a reload that needs a restart (stat: %v)", err)
 	}
 }
+
+// TestEngineReloadTrackScriptWeight: a [[track_script]] weight change is
+// applied (through the groups that use the script) and reported as such,
+// not as needing a restart; a command change is reported as needing one.
+func TestEngineReloadTrackScriptWeight(t *testing.T) {
+	needNetns(t)
+	setupLink(t, "198.18.1.65")
+	listen(t, "198.18.1.65:80")
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
+	write := func(command string, weight int) {
+		t.Helper()
+		base := fmt.Sprintf(baseConfig, dir, backends("198.18.1.65"))
+		body := strings.Replace(base, "[[vip_group]]\nname = \"web\"\n",
+			fmt.Sprintf("[[track_script]]\nname = \"chk\"\ncommand = [%q]\nweight = %d\n\n[[vip_group]]\nname = \"web\"\ntrack_script = [{ name = \"chk\" }]\n", command, weight), 1)
+		if body == base {
+			t.Fatal("the base config's vip_group was not found")
+		}
+		if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload := func() string {
+		t.Helper()
+		res, err := r.client.Reload(ctx)
+		if err != nil || !res.OK {
+			t.Fatalf("reload: %+v %v", res, err)
+		}
+		return strings.Join(res.Changes, "\n")
+	}
+	// Adding the script is a restart; once running (restart), weights reload.
+	write("/bin/true", -10)
+	if got := reload(); !strings.Contains(got, "[[track_script]] (scripts added, removed or renamed) changed: restart") {
+		t.Fatalf("adding a script: %q", got)
+	}
+	r.stop()
+	r = runRig(t, dir, &fakeKernel{Fake: dptest.New()})
+
+	write("/bin/true", -20)
+	got := reload()
+	if !strings.Contains(got, "vip_group web updated") || strings.Contains(got, "track_script") {
+		t.Errorf("weight change: %q, want the group updated and no restart asked", got)
+	}
+	write("/bin/false", -20)
+	if got := reload(); !strings.Contains(got, "[[track_script]] chk command changed: restart lvsd") {
+		t.Errorf("command change: %q, want a restart named", got)
+	}
+}

@@ -297,7 +297,19 @@ func (e *engine) applyGroups(old, cfg *config.Config) []string {
 // (state_dir, the group names lvsctl accepts) is what actually runs.
 func keepRunning(old, cfg *config.Config) {
 	cfg.Node, cfg.Cluster, cfg.Control, cfg.Metrics = old.Node, old.Cluster, old.Control, old.Metrics
-	cfg.TrackScripts = old.TrackScripts
+	// Scripts run as they started; only a weight takes effect (through the
+	// groups), so the kept scripts carry the new weights.
+	if sameScriptNames(old.TrackScripts, cfg.TrackScripts) {
+		kept := make([]*config.TrackScript, len(old.TrackScripts))
+		for i, s := range old.TrackScripts {
+			c := *s
+			c.Weight = cfg.TrackScripts[i].Weight
+			kept[i] = &c
+		}
+		cfg.TrackScripts = kept
+	} else {
+		cfg.TrackScripts = old.TrackScripts
+	}
 }
 
 // restartOnly lists sections a reload cannot change in place: the node's
@@ -313,9 +325,7 @@ func restartOnly(a, b *config.Config) []string {
 	if !sameCluster(a.Cluster, b.Cluster) {
 		out = append(out, "[cluster]")
 	}
-	if !sameScripts(a.TrackScripts, b.TrackScripts) {
-		out = append(out, "[[track_script]]")
-	}
+	out = append(out, scriptRestarts(a.TrackScripts, b.TrackScripts)...)
 	if a.Control != b.Control {
 		out = append(out, "[control]")
 	}
@@ -369,16 +379,40 @@ func sameCluster(a, b *config.Cluster) bool {
 	return reflect.DeepEqual(x, y)
 }
 
-func sameScripts(a, b []*config.TrackScript) bool {
-	if len(a) != len(b) {
-		return false
+// scriptRestarts names the [[track_script]] changes a reload cannot apply:
+// scripts added, removed or reordered, and any field but weight. A weight
+// reaches the election through the groups' references to the script
+// (config resolves it there), which applyGroups applies in place.
+func scriptRestarts(a, b []*config.TrackScript) []string {
+	if !sameScriptNames(a, b) {
+		return []string{"[[track_script]] (scripts added, removed or renamed)"}
 	}
+	var out []string
 	for i := range a {
 		x, y := *a[i], *b[i]
-		x.Pos, y.Pos = config.Pos{}, config.Pos{}
-		if !reflect.DeepEqual(x, y) {
-			return false
+		var fields []string
+		if !slices.Equal(x.Command, y.Command) {
+			fields = append(fields, "command")
+		}
+		if x.Interval != y.Interval {
+			fields = append(fields, "interval")
+		}
+		if x.Timeout != y.Timeout {
+			fields = append(fields, "timeout")
+		}
+		if x.Rise != y.Rise {
+			fields = append(fields, "rise")
+		}
+		if x.Fall != y.Fall {
+			fields = append(fields, "fall")
+		}
+		if len(fields) > 0 {
+			out = append(out, fmt.Sprintf("[[track_script]] %s %s", x.Name, strings.Join(fields, ", ")))
 		}
 	}
-	return true
+	return out
+}
+
+func sameScriptNames(a, b []*config.TrackScript) bool {
+	return slices.EqualFunc(a, b, func(x, y *config.TrackScript) bool { return x.Name == y.Name })
 }
