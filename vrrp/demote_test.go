@@ -155,3 +155,40 @@ func TestDemotionStampAfterPeers(t *testing.T) {
 		t.Errorf("demotion stamp with the clock ahead: want now (%v)", later)
 	}
 }
+
+// TestPublishStampsOnlyForPeersThatReadThem: a demoted node sends its
+// demotion stamp (heartbeat version 2) only when every live peer reads
+// version 2, and not while starting; an older peer keeps hearing version 1.
+func TestPublishStampsOnlyForPeersThatReadThem(t *testing.T) {
+	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"},
+		Groups: []GroupSpec{{Name: "web", Addresses: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/32")}, Priority: 100}}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.send = func([]byte) {}
+	views := map[string]GroupView{"web": {Candidate: true, Priority: 1, Yield: true, YieldSince: t0.UnixNano()}}
+	e := &engine{n: n, aliveSet: map[string]bool{"b": true}, peers: map[string]*peerState{"b": {readsV2: false}}}
+	sent := func() (byte, GroupView) {
+		t.Helper()
+		b := *n.tmpl.Load()
+		var h Heartbeat
+		if err := h.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		return b[1], h.Groups["web"]
+	}
+	e.publish(views, false)
+	if v, g := sent(); v != 1 || g.Yield {
+		t.Fatalf("with an older peer alive: version %d, %+v; want version 1 without the stamp", v, g)
+	}
+	e.peers["b"].readsV2 = true
+	e.publish(views, false)
+	if v, g := sent(); v != 2 || !g.Yield || g.YieldSince != t0.UnixNano() {
+		t.Fatalf("every peer reads version 2: version %d, %+v; want the stamp", v, g)
+	}
+	e.starting = true
+	e.publish(views, false)
+	if v, _ := sent(); v != 1 {
+		t.Fatalf("while starting: version %d, want 1", v)
+	}
+}

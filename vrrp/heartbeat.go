@@ -13,9 +13,11 @@ const (
 )
 
 const (
-	// heartbeatVersion 2 added the demotion stamp. A heartbeat without one
-	// is still sent as version 1, so a node not yet upgraded keeps hearing
-	// its peers during a rolling upgrade unless a group is demoted.
+	// heartbeatVersion 2 added the demotion stamp. A node not yet upgraded
+	// drops version 2 heartbeats (and would count the sender dead), so a
+	// heartbeat is sent as version 1 unless a group is demoted and every
+	// live peer has said it reads version 2 (hbReadsV2, a header flag that
+	// version 1 decoders ignore).
 	heartbeatVersion = 2
 	maxDigest        = 512
 	// maxHeartbeat keeps a heartbeat inside one UDP packet after memberlist's
@@ -23,6 +25,7 @@ const (
 	maxHeartbeat = 1200
 
 	hbReleasing = 1 << 0 // sender is stopping: treat all its claims as gone
+	hbReadsV2   = 1 << 1 // sender reads version 2 heartbeats
 
 	gvCandidate = 1 << 0
 	gvFault     = 1 << 1
@@ -38,8 +41,14 @@ type Heartbeat struct {
 	Boot      uint64 // random per process start: a restarted peer resets Seq
 	Seq       uint64
 	Releasing bool // graceful stop: claims nothing, take over at once
-	Groups    map[string]GroupView
-	Digest    []byte // opaque, for the daemon's anti-entropy
+	// ReadsV2 (decoded) says the sender reads version 2; every heartbeat
+	// this build sends says so.
+	ReadsV2 bool
+	// V1Only (encoding) leaves the demotion stamps out and sends version 1,
+	// for a peer that reads nothing newer.
+	V1Only bool
+	Groups map[string]GroupView
+	Digest []byte // opaque, for the daemon's anti-entropy
 }
 
 // MarshalBinary encodes h compactly:
@@ -59,13 +68,13 @@ func (h *Heartbeat) MarshalBinary() ([]byte, error) {
 	}
 	version := byte(1)
 	for _, v := range h.Groups {
-		if v.Yield {
+		if v.Yield && !h.V1Only {
 			version = heartbeatVersion
 		}
 	}
 	b := make([]byte, 0, 64+len(h.Digest)+len(h.Groups)*24)
 	b = append(b, msgHeartbeat, version)
-	var flags byte
+	flags := byte(hbReadsV2)
 	if h.Releasing {
 		flags |= hbReleasing
 	}
@@ -100,13 +109,14 @@ func (h *Heartbeat) MarshalBinary() ([]byte, error) {
 		if v.Want {
 			f |= gvWant
 		}
-		if v.Yield {
+		stamp := v.Yield && version >= 2
+		if stamp {
 			f |= gvYield
 		}
 		b = appendString(b, n)
 		b = append(b, f, v.Priority)
 		b = appendString(b, v.Vote)
-		if v.Yield {
+		if stamp {
 			b = binary.BigEndian.AppendUint64(b, uint64(v.YieldSince))
 		}
 	}
@@ -130,7 +140,7 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 		return fmt.Errorf("heartbeat: version %d unsupported (want 1 to %d)", version, heartbeatVersion)
 	}
 	flags := r.byte("flags")
-	out := Heartbeat{Releasing: flags&hbReleasing != 0}
+	out := Heartbeat{Releasing: flags&hbReleasing != 0, ReadsV2: flags&hbReadsV2 != 0}
 	out.Boot = r.u64("boot")
 	out.Seq = r.u64("seq")
 	out.Name = r.string("name", maxNameLen)

@@ -9,7 +9,7 @@ import (
 
 func sampleHeartbeat() Heartbeat {
 	return Heartbeat{
-		Name: "dir-a", Boot: 0xdeadbeefcafef00d, Seq: 42, Releasing: true,
+		Name: "dir-a", Boot: 0xdeadbeefcafef00d, Seq: 42, Releasing: true, ReadsV2: true,
 		Groups: map[string]GroupView{
 			"web": {Candidate: true, Priority: 150, Claim: true, Vote: "dir-a"},
 			"db":  {Candidate: true, Priority: 100, Fault: true, Want: true},
@@ -38,7 +38,7 @@ func TestHeartbeatRoundTrip(t *testing.T) {
 		t.Fatal("encoding is not deterministic")
 	}
 	var empty Heartbeat
-	if err := empty.UnmarshalBinary(mustMarshal(t, Heartbeat{Name: "w"})); err != nil || empty.Name != "w" || empty.Groups != nil || empty.Digest != nil {
+	if err := empty.UnmarshalBinary(mustMarshal(t, Heartbeat{Name: "w"})); err != nil || empty.Name != "w" || empty.Groups != nil || empty.Digest != nil || !empty.ReadsV2 {
 		t.Fatalf("minimal heartbeat: %+v %v", empty, err)
 	}
 }
@@ -121,6 +121,13 @@ func TestHeartbeatVersionSent(t *testing.T) {
 	if b := mustMarshal(t, plain); b[1] != 2 {
 		t.Errorf("with a demotion: version %d, want 2", b[1])
 	}
+	// For a peer that reads only version 1: no stamp, version 1.
+	plain.V1Only = true
+	b := mustMarshal(t, plain)
+	var got Heartbeat
+	if err := got.UnmarshalBinary(b); err != nil || b[1] != 1 || got.Groups["h"].Yield || got.Groups["h"].Priority != 1 {
+		t.Errorf("V1Only: version %d, decoded %+v (%v), want version 1, no stamp, priority kept", b[1], got.Groups["h"], err)
+	}
 }
 
 func TestHeartbeatReadsVersion1(t *testing.T) {
@@ -128,6 +135,7 @@ func TestHeartbeatReadsVersion1(t *testing.T) {
 	// readable during a rolling upgrade.
 	h := Heartbeat{Name: "dir-b", Seq: 7, Groups: map[string]GroupView{"web": {Candidate: true, Priority: 100, Claim: true}}}
 	b := mustMarshal(t, h)
+	b[2] &^= hbReadsV2 // as an older build sends it
 	var got Heartbeat
 	if err := got.UnmarshalBinary(b); err != nil {
 		t.Fatalf("version 1: %v", err)

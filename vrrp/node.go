@@ -82,11 +82,12 @@ type Node struct {
 	cl        atomic.Pointer[cluster] // set by Run
 	send      func([]byte)            // heartbeat transport (cluster.send)
 
-	inbox chan any
-	tmpl  atomic.Pointer[[]byte] // current heartbeat, seq patched at send
-	kick  chan struct{}          // send a heartbeat now
-	queue *serialQueue           // events, digests, user messages
-	notes map[string]*serialQueue
+	inbox     chan any
+	tmpl      atomic.Pointer[[]byte] // current heartbeat, seq patched at send
+	lastBadHB atomic.Int64           // Unix ns of the last unreadable heartbeat logged
+	kick      chan struct{}          // send a heartbeat now
+	queue     *serialQueue           // events, digests, user messages
+	notes     map[string]*serialQueue
 
 	mu        sync.Mutex
 	status    Status
@@ -475,6 +476,7 @@ type peerState struct {
 	lastSeen   time.Time
 	graceUntil time.Time // see deathGrace
 	releasing  bool
+	readsV2    bool
 	groups     map[string]GroupView
 	digest     []byte
 }
@@ -626,7 +628,14 @@ func (n *Node) receive(kind byte, payload []byte, at time.Time) {
 	case msgHeartbeat:
 		var h Heartbeat
 		if err := h.UnmarshalBinary(append([]byte{kind}, payload...)); err != nil {
-			n.log.Debug("dropping malformed heartbeat", "err", err)
+			// A peer whose heartbeats cannot be read counts as dead: say so
+			// loudly (once a minute), it may run another lvsd version.
+			if now := time.Now().UnixNano(); now-n.lastBadHB.Load() > int64(time.Minute) {
+				n.lastBadHB.Store(now)
+				n.log.Warn("dropping heartbeats that cannot be read (a peer on another lvsd version?)", "err", err)
+			} else {
+				n.log.Debug("dropping malformed heartbeat", "err", err)
+			}
 			return
 		}
 		n.post(hbMsg{h: h, at: at})
@@ -666,20 +675,21 @@ func (n *Node) sendLoop(ctx context.Context, every time.Duration) {
 
 // engine is the election loop's state; only Run's goroutine touches it.
 type engine struct {
-	n         *Node
-	groups    []*groupRT
-	ts        trackState
-	peers     map[string]*peerState
-	aliveSet  map[string]bool
-	st        ElectionState
-	started   time.Time
-	hold      time.Duration
-	dirty     bool
-	wake      time.Time // preempt delay
-	lastViews map[string]GroupView
-	lastDig   []byte
-	released  bool
-	starting  bool
+	n          *Node
+	groups     []*groupRT
+	ts         trackState
+	peers      map[string]*peerState
+	aliveSet   map[string]bool
+	st         ElectionState
+	started    time.Time
+	hold       time.Duration
+	dirty      bool
+	wake       time.Time // preempt delay
+	lastViews  map[string]GroupView
+	lastDig    []byte
+	lastV1Only bool
+	released   bool
+	starting   bool
 }
 
 func (e *engine) handle(m any) {
@@ -710,6 +720,7 @@ func (e *engine) handle(m any) {
 		}
 		changed := p.boot != h.Boot || p.releasing != h.Releasing || !maps.Equal(p.groups, h.Groups) || !e.aliveSet[h.Name]
 		p.boot, p.seq, p.lastSeen, p.releasing, p.groups = h.Boot, h.Seq, m.at, h.Releasing, h.Groups
+		p.readsV2 = h.ReadsV2
 		p.graceUntil = time.Time{}
 		if string(p.digest) != string(h.Digest) {
 			p.digest = h.Digest
@@ -993,16 +1004,25 @@ func (e *engine) publish(views map[string]GroupView, force bool) {
 	n.mu.Lock()
 	dig := n.digest
 	n.mu.Unlock()
-	if !force && n.tmpl.Load() != nil && maps.Equal(views, e.lastViews) && string(dig) == string(e.lastDig) {
+	// Demotion stamps go out only when every live peer reads them, and not
+	// while starting (peers not heard yet may not).
+	v1Only := e.starting
+	for name, alive := range e.aliveSet {
+		if p := e.peers[name]; alive && p != nil && !p.readsV2 {
+			v1Only = true
+		}
+	}
+	if !force && n.tmpl.Load() != nil && maps.Equal(views, e.lastViews) && string(dig) == string(e.lastDig) && v1Only == e.lastV1Only {
 		return
 	}
-	e.lastViews, e.lastDig = views, dig
-	h := Heartbeat{Name: n.spec.Node.Name, Boot: n.boot, Groups: views, Digest: dig, Releasing: e.released}
+	h := Heartbeat{Name: n.spec.Node.Name, Boot: n.boot, Groups: views, Digest: dig, Releasing: e.released, V1Only: v1Only}
 	b, err := h.MarshalBinary()
 	if err != nil {
+		// Nothing recorded: the next evaluation tries again.
 		n.log.Error("encoding heartbeat", "err", err)
 		return
 	}
+	e.lastViews, e.lastDig, e.lastV1Only = views, dig, v1Only
 	n.tmpl.Store(&b)
 	select {
 	case n.kick <- struct{}{}:
