@@ -34,6 +34,17 @@ func checkSpecs(cfg *config.Config) error {
 			}
 		}
 	}
+	// The election's own limits (a heartbeat must fit one packet), so that
+	// lvsd --check and a reload catch what would stop lvsd from starting.
+	if len(cfg.VIPGroups) > 0 && cfg.Cluster != nil {
+		spec := vrrpSpec(cfg, false)
+		if err := spec.Validate(); err != nil {
+			p := cfg.VIPGroups[0].Pos
+			for _, msg := range strings.Split(strings.TrimPrefix(err.Error(), "vrrp: invalid spec: "), "\n") {
+				errs = append(errs, config.Error{File: p.File, Line: p.Line, Col: p.Col, Msg: msg})
+			}
+		}
+	}
 	if len(errs) > 0 {
 		return errs
 	}

@@ -199,6 +199,21 @@ port = 80
   @@weight = 65536
 `, []string{`service "b" duplicates virtual service tcp 198.18.1.63:80 of service "a"`, "weight: 65536 is out of range"}},
 		}},
+		{"heartbeat too large", []checkFile{{"lvsd.toml", `
+[node]
+name = "director-a"
+interface = "eth0"
+
+[cluster]
+bind = "198.18.0.11:7946"
+peers = ["198.18.0.12:7946"]
+insecure = true
+members = ["director-a", "director-b"]
+
+@@[[vip_group]]
+name = "group-00"
+addresses = ["198.18.9.0/32"]
+` + manyGroups(1, 45), []string{"45 groups need a 1390-byte heartbeat"}}}},
 		{"TOML syntax", []checkFile{{"lvsd.toml", `
 [node]
 name = "dir-a"
@@ -284,4 +299,13 @@ func TestCheckExamples(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyGroups is [[vip_group]] tables group-NN for NN in [from, to).
+func manyGroups(from, to int) string {
+	var b strings.Builder
+	for i := from; i < to; i++ {
+		fmt.Fprintf(&b, "\n[[vip_group]]\nname = \"group-%02d\"\naddresses = [\"198.18.9.%d/32\"]\n", i, i)
+	}
+	return b.String()
 }

@@ -2,6 +2,8 @@ package vrrp
 
 import (
 	"bytes"
+	"fmt"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -156,4 +158,45 @@ func TestHeartbeatReadsVersion1(t *testing.T) {
 	if err := got.UnmarshalBinary(short); err == nil || !strings.Contains(err.Error(), "demoted-since") {
 		t.Fatalf("short stamp: err %v, want it named", err)
 	}
+}
+
+// TestSpecRejectsOversizedHeartbeat: groups whose heartbeat (every group
+// demoted) cannot fit one packet are refused when the spec is checked,
+// not found out when a demotion fails to encode; the bound is exact.
+func TestSpecRejectsOversizedHeartbeat(t *testing.T) {
+	spec := func(groups int) Spec {
+		s := Spec{Node: NodeSpec{Name: "director-a", Interface: "lo"},
+			Cluster: &ClusterSpec{Bind: "127.0.0.1:7946", Insecure: true, Members: []string{"director-a", "director-b"}}}
+		for i := range groups {
+			s.Groups = append(s.Groups, GroupSpec{Name: fmt.Sprintf("group-%02d", i), Priority: 100,
+				Addresses: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 9, byte(i + 1)}), 32)}})
+		}
+		return s
+	}
+	n := 1
+	for ; n < maxGroups; n++ {
+		s := spec(n + 1)
+		if err := s.Validate(); err != nil {
+			if !strings.Contains(err.Error(), "heartbeat") {
+				t.Fatalf("%d groups: %v", n+1, err)
+			}
+			break
+		}
+	}
+	if n == maxGroups {
+		t.Fatalf("%d groups validate; want the heartbeat bound to refuse some", maxGroups)
+	}
+	// The largest accepted spec's worst heartbeat does encode.
+	s := spec(n)
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	h := Heartbeat{Name: "director-a", Seq: 1, Digest: make([]byte, 8), Groups: map[string]GroupView{}}
+	for _, g := range s.Groups {
+		h.Groups[g.Name] = GroupView{Candidate: true, Priority: 1, Yield: true, YieldSince: 1, Vote: "director-b"}
+	}
+	if _, err := h.MarshalBinary(); err != nil {
+		t.Fatalf("%d groups passed validation but their heartbeat does not encode: %v", n, err)
+	}
+	t.Logf("%d groups of 8-character names fit", n)
 }

@@ -259,6 +259,9 @@ func (s *Spec) Validate() error {
 	}
 	if c := s.Cluster; c != nil {
 		errs = append(errs, c.validate(s.Node.Name)...)
+		if size := s.heartbeatSize(); size > maxHeartbeat {
+			bad("vip_group: %d groups need a %d-byte heartbeat (names, votes, demotion stamps), at most %d fit one packet: use fewer groups or shorter group and node names", len(s.Groups), size, maxHeartbeat)
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("vrrp: invalid spec: %w", errors.Join(errs...))
@@ -331,6 +334,21 @@ func (c *ClusterSpec) validate(self string) []error {
 		bad("witnesses: need at least 3 members for a majority, have %d", len(c.Members))
 	}
 	return errs
+}
+
+// heartbeatSize is the largest heartbeat this node's own groups make: every
+// group demoted (stamped) and voting for the longest member name, with an
+// 8-byte digest. (Votes for groups only peers hold come on top.)
+func (s *Spec) heartbeatSize() int {
+	vote := len(s.Node.Name)
+	for _, m := range s.Cluster.Members {
+		vote = max(vote, len(m))
+	}
+	size := 3 + 8 + 8 + 1 + len(s.Node.Name) + 1 + 1 + 8 // kind, version, flags, boot, seq, name, group count, digest
+	for _, g := range s.Groups {
+		size += 1 + len(g.Name) + 2 + 1 + vote + 8
+	}
+	return size
 }
 
 func checkName(n string) error {
