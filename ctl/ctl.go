@@ -143,6 +143,9 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		}
 		return c.print(g, func(w io.Writer) {
 			fmt.Fprintf(w, "%s: group %s is now %s here (owner %s)\n", cmd, g.Name, g.State, orDash(g.Owner))
+			if g.Override != "" {
+				fmt.Fprintf(w, "  %s is kept here, across restarts, until `lvsctl clear %s` on this director\n", g.Override, g.Name)
+			}
 		})
 	case "reload", "check-config":
 		if len(rest) != 0 {

@@ -295,6 +295,12 @@ func (e *engine) groupAction(action, group string) (string, error) {
 	if !ok && eff != "clear" {
 		return "", api.BadRequest("", "unknown action %q", action)
 	}
+	// Two promotes tie (priority 255 each; the smaller name wins), so a
+	// second one would do nothing, or nothing lasting.
+	if peers := e.groupStatus(group).PromotedPeers; eff == "promote" && len(peers) > 0 {
+		return "", api.Conflict(fmt.Sprintf("run `lvsctl clear %s` on %s first", group, peers[0]),
+			"%s holds a promote of group %s: a promote here would tie with it", peers[0], group)
+	}
 	// Persist first: an override the file does not hold would be undone by
 	// a restart (a demoted director taking the VIP back after patching).
 	now := time.Now()

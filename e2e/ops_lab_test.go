@@ -276,6 +276,13 @@ func TestOpsLvsctl(t *testing.T) {
 		group(l.a, false, "clear")
 		group(l.b, false, "promote")
 		l.ownerIs(l.b)
+		// A second promote would tie with dir-b's: refused, nothing moves.
+		if code, _, stderr := l.a.ctl("promote", haGroup); code != 1 {
+			t.Fatalf("promote on dir-a while dir-b holds one: exit %d, want 1\n%s", code, stderr)
+		} else {
+			mustMatch(t, stderr, `dir-b holds a promote of group web`, "hint: run `lvsctl clear web` on dir-b first")
+		}
+		l.ownerIs(l.b)
 		if g := group(l.b, true, "demote"); g.State != "backup" {
 			t.Fatalf("demote --json answered %+v, want backup", g)
 		}

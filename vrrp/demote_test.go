@@ -139,19 +139,26 @@ func TestDemotionStampAfterPeers(t *testing.T) {
 	}
 	peerAt := t0.Add(time.Minute) // the peer's clock runs a minute ahead
 	e := &engine{n: n, groups: []*groupRT{{spec: &n.spec.Groups[0]}},
-		aliveSet: map[string]bool{"b": true, "c": false},
+		aliveSet: map[string]bool{"b": true, "c": false, "d": true},
 		peers: map[string]*peerState{
 			"b": {groups: map[string]GroupView{"web": {Candidate: true, Priority: 1, Yield: true, YieldSince: peerAt.UnixNano()}}},
 			"c": {groups: map[string]GroupView{"web": {Candidate: true, Priority: 1, Yield: true, YieldSince: peerAt.Add(time.Hour).UnixNano()}}},
+			"d": {groups: map[string]GroupView{"web": {Candidate: true, Priority: 255}}},
 		}}
 	e.snapshot(ElectionResult{})
-	if got := n.Status().Groups[0].PeerDemotedAt; !got.Equal(peerAt) {
-		t.Fatalf("PeerDemotedAt %v, want the live peer's %v (the dead peer's stamp does not count)", got, peerAt)
+	if got := n.Status().Groups[0].PromotedPeers; len(got) != 1 || got[0] != "d" {
+		t.Errorf("PromotedPeers %v, want [d]", got)
 	}
-	if got := n.DemotionStamp("web", t0); !got.After(peerAt) {
-		t.Errorf("demotion stamp %v with the clock behind, want after %v", got, peerAt)
+	// c is down now (rebooting for its patch): the demotion it announced
+	// before still counts, it comes back with it.
+	deadAt := peerAt.Add(time.Hour)
+	if got := n.Status().Groups[0].PeerDemotedAt; !got.Equal(deadAt) {
+		t.Fatalf("PeerDemotedAt %v, want the latest announced, %v", got, deadAt)
 	}
-	if later := peerAt.Add(time.Second); !n.DemotionStamp("web", later).Equal(later) {
+	if got := n.DemotionStamp("web", t0); !got.After(deadAt) {
+		t.Errorf("demotion stamp %v with the clock behind, want after %v", got, deadAt)
+	}
+	if later := deadAt.Add(time.Second); !n.DemotionStamp("web", later).Equal(later) {
 		t.Errorf("demotion stamp with the clock ahead: want now (%v)", later)
 	}
 }

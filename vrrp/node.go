@@ -56,8 +56,11 @@ type GroupStatus struct {
 	Fault    bool
 	Reason   string
 	Override Override
-	// PeerDemotedAt is the latest demotion stamp a live peer announces for
-	// the group (zero: none). A demotion here must be stamped after it to
+	// PromotedPeers are the live peers holding a promote of the group
+	// (priority 255, which only a promote gives).
+	PromotedPeers []string
+	// PeerDemotedAt is the latest demotion stamp a peer announced for the
+	// group (zero: none), dead peers included. A demotion here must be stamped after it to
 	// count as the later one, whatever the clocks say (see SetOverride).
 	PeerDemotedAt time.Time
 	// Successor is the live, eligible peer that would take the group if this
@@ -1095,8 +1098,17 @@ func (e *engine) snapshot(res ElectionResult) {
 		gs := GroupStatus{Name: g.spec.Name, State: g.role, Owner: g.owner, Priority: g.prio, Base: g.spec.Priority,
 			Fault: g.fault, Reason: g.reason, Override: g.override, OverrideSince: g.overSince, Since: g.since,
 			Successor: g.successor}
-		for name, alive := range e.aliveSet {
-			if p := e.peers[name]; p != nil && alive {
+		for _, name := range slices.Sorted(maps.Keys(e.aliveSet)) {
+			if p := e.peers[name]; p != nil && e.aliveSet[name] {
+				if v, ok := p.groups[g.spec.Name]; ok && v.Candidate && v.Priority == 255 {
+					gs.PromotedPeers = append(gs.PromotedPeers, name)
+				}
+			}
+		}
+		// Every peer heard since start, dead ones too: one rebooting for
+		// its patch comes back with the demotion it announced before.
+		for _, p := range e.peers {
+			if p != nil {
 				if v, ok := p.groups[g.spec.Name]; ok && v.Yield && v.YieldSince > 0 {
 					if at := time.Unix(0, v.YieldSince); at.After(gs.PeerDemotedAt) {
 						gs.PeerDemotedAt = at
