@@ -523,7 +523,7 @@ func (d *demo) failover(a, b *director, c1, c2 string) error {
 	if err := d.lvsctl(b, "status"); err != nil {
 		return err
 	}
-	d.say("\n  dir-a stays backup until told otherwise (failover pins it low): `lvsctl clear web` on dir-a gives it back")
+	d.say("\n  dir-a stays backup until told otherwise (failover pins it low, across restarts too): `lvsctl clear web` on dir-a gives it back")
 	return nil
 }
 
