@@ -79,6 +79,32 @@ type Store struct {
 	now     func() time.Time
 	last    int64 // highest wall time seen, so local writes sort after it
 	records map[Key]Record
+	// bySvc indexes records by service: a reload asks for the records of
+	// each service it touches, and a scan of every record per service would
+	// make a reload of 10,000 services with many records take minutes.
+	bySvc map[string]map[netip.AddrPort]struct{}
+}
+
+// setLocked stores r and indexes it.
+func (s *Store) setLocked(r Record) {
+	s.records[r.Key()] = r
+	m := s.bySvc[r.Service]
+	if m == nil {
+		m = map[netip.AddrPort]struct{}{}
+		s.bySvc[r.Service] = m
+	}
+	m[r.Backend] = struct{}{}
+}
+
+// deleteLocked drops the record of k.
+func (s *Store) deleteLocked(k Key) {
+	delete(s.records, k)
+	if m := s.bySvc[k.Service]; m != nil {
+		delete(m, k.Backend)
+		if len(m) == 0 {
+			delete(s.bySvc, k.Service)
+		}
+	}
 }
 
 // Option configures a Store.
@@ -90,7 +116,7 @@ func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = no
 // Open loads the store persisted at path (missing file: empty store). An
 // empty path keeps the store in memory only.
 func Open(node, path string, opts ...Option) (*Store, error) {
-	s := &Store{node: node, path: path, now: time.Now, records: map[Key]Record{}}
+	s := &Store{node: node, path: path, now: time.Now, records: map[Key]Record{}, bySvc: map[string]map[netip.AddrPort]struct{}{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -109,7 +135,7 @@ func Open(node, path string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("runtime state %s: %w", path, err)
 	}
 	for _, r := range recs {
-		s.records[r.Key()] = r
+		s.setLocked(r)
 		s.last = max(s.last, r.Version.Wall)
 	}
 	return s, nil
@@ -134,12 +160,12 @@ func (s *Store) Put(r Record) (Record, error) {
 	wall := max(s.now().UnixNano(), s.last+1)
 	r.Version = Version{Wall: wall, Node: s.node}
 	prev, had := s.records[r.Key()]
-	s.records[r.Key()] = r
+	s.setLocked(r)
 	if err := s.persistLocked(); err != nil {
 		if had {
-			s.records[r.Key()] = prev
+			s.setLocked(prev)
 		} else {
-			delete(s.records, r.Key())
+			s.deleteLocked(r.Key())
 		}
 		return Record{}, err
 	}
@@ -161,7 +187,7 @@ func (s *Store) Merge(recs []Record) ([]Key, error) {
 		if cur, ok := s.records[k]; ok && !cur.Version.Less(r.Version) {
 			continue
 		}
-		s.records[k] = r
+		s.setLocked(r)
 		s.last = max(s.last, r.Version.Wall)
 		changed = append(changed, k)
 	}
@@ -257,13 +283,19 @@ func Decode(data []byte) ([]Record, error) {
 	return f.Records, nil
 }
 
-// ForService returns the records of one service, sorted by backend.
+// ForService returns the records of one service, sorted by backend (as
+// Records orders them), in time proportional to that service's records.
 func (s *Store) ForService(service string) []Record {
-	var out []Record
-	for _, r := range s.Records() {
-		if r.Service == service {
-			out = append(out, r)
-		}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.bySvc[service]
+	if len(m) == 0 {
+		return nil
 	}
+	out := make([]Record, 0, len(m))
+	for b := range m {
+		out = append(out, s.records[Key{service, b}])
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Backend.String() < out[j].Backend.String() })
 	return out
 }

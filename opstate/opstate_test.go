@@ -1,9 +1,11 @@
 package opstate
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -143,5 +145,47 @@ func TestForService(t *testing.T) {
 	got := s.ForService("web")
 	if len(got) != 2 || got[0].Backend != rs1 || got[1].Backend != rs2 {
 		t.Fatalf("ForService(web) = %+v", got)
+	}
+}
+
+// TestForServiceMatchesRecords: the per-service index answers what a scan
+// of every record would, after puts, merges, and a put that failed to
+// persist (which must leave no trace).
+func TestForServiceMatchesRecords(t *testing.T) {
+	s, err := Open("a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		svc := fmt.Sprintf("svc-%d", i%4)
+		if _, err := s.Put(Record{Service: svc, Backend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), 80), Admin: Drained}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peer := []Record{{Service: "svc-9", Backend: netip.MustParseAddrPort("198.18.2.1:80"), Added: true, Weight: 3, Version: Version{Wall: 1 << 62, Node: "b"}}}
+	if _, err := s.Merge(peer); err != nil {
+		t.Fatal(err)
+	}
+	// A store whose file cannot be written refuses a put and keeps nothing.
+	bad, err := Open("a", filepath.Join(t.TempDir(), "missing", "runtime.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.Put(Record{Service: "x", Backend: netip.MustParseAddrPort("198.18.3.1:80")}); err == nil {
+		t.Fatal("put into an unwritable directory succeeded")
+	}
+	if got := bad.ForService("x"); len(got) != 0 {
+		t.Fatalf("a failed put left %v in the index", got)
+	}
+	for _, svc := range []string{"svc-0", "svc-3", "svc-9", "nope"} {
+		var want []Record
+		for _, r := range s.Records() {
+			if r.Service == svc {
+				want = append(want, r)
+			}
+		}
+		if got := s.ForService(svc); !reflect.DeepEqual(got, want) {
+			t.Errorf("ForService(%s):\n got %v\nwant %v", svc, got, want)
+		}
 	}
 }
