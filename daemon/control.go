@@ -185,6 +185,17 @@ func (e *engine) backendAction(action string, req api.BackendRequest) (api.Backe
 		if rec.Weight < 0 || rec.Weight > 65535 {
 			return api.Backend{}, api.BadRequest("use 0..65535", "weight %d out of range", rec.Weight)
 		}
+		check := s.Check
+		if inView {
+			check = view.Check
+		}
+		if checked(check) && noCheckPort(checkSpec(s, check), key) {
+			hint := "set port in the service's [service.check]: a backend added at run time is checked with it"
+			if s.Forward == config.ForwardNAT {
+				hint = fmt.Sprintf("add it as %s:PORT, or %s", key.Addr(), hint)
+			}
+			return api.Backend{}, api.BadRequest(hint, "service %s's %s check needs a port and backend %s has none", s.Name, check.Type, key)
+		}
 	case "remove":
 		rec.Removed = true
 		rec.Admin = opstate.AdminNone

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -643,10 +644,26 @@ func (e *engine) checks() []healthcheck.Check {
 			if v.Removed || !checked(v.Check) {
 				continue
 			}
-			out = append(out, healthcheck.Check{Key: healthcheck.Key{Service: s.Name, Backend: v.Key}, Spec: checkSpec(s, v.Check)})
+			spec := checkSpec(s, v.Check)
+			if noCheckPort(spec, v.Key) {
+				// Only a backend added at run time by an older lvsd (or a
+				// peer's) can get here: config and lvsctl refuse it. One bad
+				// check must not stop every other (Update is all or nothing)
+				// nor lvsd's start.
+				e.log.Error("backend left unchecked: its check needs a port and it has none; remove it and add it with ADDRESS:PORT",
+					"service", s.Name, "backend", v.Key)
+				continue
+			}
+			out = append(out, healthcheck.Check{Key: healthcheck.Key{Service: s.Name, Backend: v.Key}, Spec: spec})
 		}
 	}
 	return out
+}
+
+// noCheckPort reports whether spec needs a port that neither it nor the
+// backend gives.
+func noCheckPort(spec healthcheck.Spec, b netip.AddrPort) bool {
+	return spec.NeedsPort() && spec.Port == 0 && b.Port() == 0
 }
 
 // syncService pushes one service's desired state to the kernel.
