@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lvsd/lvsd/api"
 	"github.com/lvsd/lvsd/director/dptest"
 )
 
@@ -141,5 +142,51 @@ func TestEngineReloadTrackScriptWeight(t *testing.T) {
 	write("/bin/false", -20)
 	if got := reload(); !strings.Contains(got, "[[track_script]] chk command changed: restart lvsd") {
 		t.Errorf("command change: %q, want a restart named", got)
+	}
+}
+
+// TestEngineReloadReportsOrphanedOverrides: a reload that renames a
+// service, or changes a backend's port, cannot carry an operator's drain
+// over (overrides are keyed by service name and backend): it says so in
+// its changes instead of silently undraining.
+func TestEngineReloadReportsOrphanedOverrides(t *testing.T) {
+	needNetns(t)
+	setupLink(t, "198.18.1.65", "198.18.1.66")
+	listen(t, "198.18.1.65:80")
+	listen(t, "198.18.1.66:80")
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65", "198.18.1.66"))
+	if _, err := r.client.Backend(ctx, "drain", api.BackendRequest{Service: "web", Backend: "198.18.1.66"}); err != nil {
+		t.Fatal(err)
+	}
+	reload := func(edit func(string) string) string {
+		t.Helper()
+		base := fmt.Sprintf(baseConfig, dir, backends("198.18.1.65", "198.18.1.66"))
+		body := edit(base)
+		if body == base {
+			t.Fatal("test bug: the edit changed nothing")
+		}
+		if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		res, err := r.client.Reload(ctx)
+		if err != nil || !res.OK {
+			t.Fatalf("reload: %+v %v", res, err)
+		}
+		return strings.Join(res.Changes, "\n")
+	}
+	got := reload(func(c string) string { return strings.Replace(c, "name = \"web\"\ngroup", "name = \"web2\"\ngroup", 1) })
+	if !strings.Contains(got, "service web removed: operator overrides no longer apply (kept; they return with the service or backend): drained 198.18.1.66:80") {
+		t.Errorf("rename: changes %q do not report the drain left behind", got)
+	}
+	// Back to web: the drain applies again.
+	reload(func(c string) string {
+		return strings.Replace(c, "port = 80\nscheduler", "port = 80\nscheduler", 1) + "\n"
+	})
+	r.eventually("the drain is back with the service", func() bool { return r.dests()["198.18.1.66"] == 0 })
+	got = reload(func(c string) string { return strings.Replace(c, "port = 80\nscheduler", "port = 8080\nscheduler", 1) })
+	if !strings.Contains(got, "service web changed") || !strings.Contains(got, "drained 198.18.1.66:80") {
+		t.Errorf("port change: changes %q do not report the drain left behind", got)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/lvsd/lvsd/config"
 	"github.com/lvsd/lvsd/director"
 	"github.com/lvsd/lvsd/healthcheck"
+	"github.com/lvsd/lvsd/opstate"
 )
 
 // checkSpecs validates what only the health checker can judge (a CA file that
@@ -160,7 +161,7 @@ func (e *engine) apply(cfg *config.Config) []string {
 		if ns == nil {
 			delete(e.views, s.Name)
 			delete(e.quorum, s.Name)
-			changes = append(changes, "service "+s.Name+" removed")
+			changes = append(changes, "service "+s.Name+" removed"+e.orphans(s.Name, nil))
 		}
 		delete(e.inKernel, s.Name)
 		if e.rec != nil && !addedKeys[serviceKeyOf(s)] {
@@ -177,7 +178,7 @@ func (e *engine) apply(cfg *config.Config) []string {
 	}
 	for _, s := range added { // described after the writes, which wait for nothing
 		if prev := goneByName[s.Name]; prev != nil {
-			changes = append(changes, "service "+s.Name+" changed"+backendChanges(prev, s))
+			changes = append(changes, "service "+s.Name+" changed"+backendChanges(prev, s)+e.orphans(s.Name, s))
 		} else {
 			changes = append(changes, "service "+s.Name+" added")
 		}
@@ -199,6 +200,30 @@ func (e *engine) apply(cfg *config.Config) []string {
 	}
 	e.saveOwned()
 	return changes
+}
+
+// orphans describes the operator overrides of service name that no longer
+// apply after a reload: all of them when the service is gone (s nil; a
+// renamed service is a new one), else those of backends the config lost
+// (a port change moves every backend). They are kept, and apply again if
+// the service or backend comes back; the reload says so, and logs it,
+// rather than silently undraining.
+func (e *engine) orphans(name string, s *config.Service) string {
+	var lost []string
+	for _, r := range e.store.ForService(name) {
+		if r.Admin == opstate.AdminNone && !r.Removed && !r.Added {
+			continue // nothing the operator asked is in force
+		}
+		if s != nil && (r.Added || slices.ContainsFunc(s.Backends, func(b *config.Backend) bool { return b.Key() == r.Backend })) {
+			continue
+		}
+		lost = append(lost, describe(r)+" "+r.Backend.String())
+	}
+	if len(lost) == 0 {
+		return ""
+	}
+	e.log.Warn("reload: operator overrides no longer match the config; kept until undone", "service", name, "overrides", lost)
+	return fmt.Sprintf(": operator overrides no longer apply (kept; they return with the service or backend): %s", strings.Join(lost, ", "))
 }
 
 // unshared returns the services of a that are not in b and those of b that
