@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/lvsd/lvsd/config"
@@ -127,5 +129,54 @@ func TestUncheckedBackendsAreUp(t *testing.T) {
 	d, _, _ := composeService(s, effectiveBackends(s, nil), healthMap("198.18.1.65:80"), healthcheck.StateUnknown)
 	if len(d.Destinations) != 3 {
 		t.Fatalf("unchecked backends must stay in: %v", weights(d))
+	}
+}
+
+// TestServiceMappingWithoutPersistence: services without persistence, IPv6
+// and firewall-mark ones too, map to services the kernel accepts (an IPv6
+// service needs a prefix length even without persistence), with the
+// granularity ipvsadm and keepalived send (/32, /128).
+func TestServiceMappingWithoutPersistence(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "lvsd.toml")
+	body := `
+[node]
+name = "d"
+[[service]]
+name = "v6"
+address = "2001:db8:1::100"
+port = 80
+  [[service.backend]]
+  address = "2001:db8:1::21"
+[[service]]
+name = "v6-fwm"
+fwmark = 8
+family = "ipv6"
+  [[service.backend]]
+  address = "2001:db8:1::22"
+[[service]]
+name = "v4"
+address = "198.18.1.63"
+port = 80
+  [[service.backend]]
+  address = "198.18.1.65"
+`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var l config.Loader
+	cfg, err := l.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"v6": 128, "v6-fwm": 128, "v4": 32}
+	for _, s := range cfg.Services {
+		ds := serviceOf(s)
+		if err := ds.Validate(); err != nil {
+			t.Errorf("%s: %v", s.Name, err)
+		}
+		if ds.Flags&director.FlagPersistent != 0 || ds.PersistenceBits != want[s.Name] {
+			t.Errorf("%s: flags %#x granularity /%d, want not persistent, /%d", s.Name, ds.Flags, ds.PersistenceBits, want[s.Name])
+		}
 	}
 }

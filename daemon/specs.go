@@ -60,11 +60,14 @@ func serviceKeyOf(s *config.Service) director.ServiceKey {
 
 // serviceOf is the kernel-visible part of a configured service.
 func serviceOf(s *config.Service) director.Service {
-	ds := director.Service{Key: serviceKeyOf(s), Scheduler: s.Scheduler}
+	// The granularity goes to the kernel with or without persistence: an
+	// IPv6 service needs a prefix length of 1..128 either way, and /32 or
+	// /128 is what ipvsadm and keepalived send, so their services are
+	// adopted without a write.
+	ds := director.Service{Key: serviceKeyOf(s), Scheduler: s.Scheduler, PersistenceBits: s.PersistenceBits}
 	if s.Persistent() {
 		ds.Flags |= director.FlagPersistent
 		ds.Timeout = s.Persistence
-		ds.PersistenceBits = s.PersistenceBits
 	}
 	if s.OnePacket {
 		ds.Flags |= director.FlagOnePacket
