@@ -69,12 +69,15 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 			}
 		}
 	}
-	if tf := cfg.Control.TokenFile; tf != "" {
-		if id, _, err := l.files().stat(tf); err != nil {
-			e.at(m.tokenP, "control.token_file: cannot read %s: %v", tf, bare(err))
-		} else if id.size == 0 {
-			e.at(m.tokenP, "control.token_file: %s is empty", tf)
+	if (cfg.Cluster != nil || hasVIPGroups(frags)) && len(cfg.Node.Name) > maxElectionName {
+		p := Pos{File: mainFrag.file}
+		if m.nodeNameP.IsValid() {
+			p = m.nodeNameP
 		}
+		e.at(p, "node.name: %q is %d bytes long; %s", cfg.Node.Name, len(cfg.Node.Name), electionNameLimit)
+	}
+	if tf := cfg.Control.TokenFile; tf != "" {
+		checkToken(l.files(), tf, m.tokenP, e)
 	}
 	checked := map[string]bool{}
 	for _, f := range frags {
@@ -195,4 +198,34 @@ func (l *Loader) assemble(frags []*fragment, e *errs) *Config {
 		}
 	}
 	return cfg
+}
+
+func hasVIPGroups(frags []*fragment) bool {
+	for _, f := range frags {
+		if len(f.vipGroups) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// minTokenLen is the shortest control token lvsd takes (white space
+// trimmed), as the daemon checks at start.
+const minTokenLen = 16
+
+// checkToken reads the control token file as lvsd does at start; the
+// messages never show the token.
+func checkToken(fsys fileSystem, path string, p Pos, e *errs) {
+	b, err := fsys.readFile(path, 1<<20)
+	if err != nil {
+		e.at(p, "control.token_file: cannot read %s: %v", path, bare(err))
+		return
+	}
+	const hint = "make one with: head -c 32 /dev/urandom | base64 > "
+	switch n := len(strings.TrimSpace(string(b))); {
+	case n == 0:
+		e.at(p, "control.token_file: %s is empty; %s%s", path, hint, path)
+	case n < minTokenLen:
+		e.at(p, "control.token_file: the token in %s has %d characters, lvsd needs at least %d; %s%s", path, n, minTokenLen, hint, path)
+	}
 }

@@ -22,6 +22,17 @@ const (
 	DefaultRealtimePriority  = 10
 )
 
+// Limits of the VIP election (vrrp.Spec.Validate), checked here so that
+// lvsd --check refuses what lvsd would refuse at start.
+const (
+	maxElectionName   = 64  // node, member, vip_group and track_script names, in bytes
+	maxTrackWeight    = 253 // |weight| of a tracked script, interface or service
+	minHeartbeat      = time.Millisecond
+	maxGARPCount      = 100
+	DefaultGARPCount  = 5
+	electionNameLimit = "the election's limit is 64 bytes"
+)
+
 func (d *decoder) node(r *reader, m *mainSections) {
 	if name, ok := r.str("name"); ok {
 		m.nodeNameP = r.pos("name")
@@ -102,6 +113,10 @@ func (d *decoder) cluster(r *reader, m *mainSections) *Cluster {
 				d.e.at(p, "cluster.peers[%d]: %q: %v", i, v.str, err)
 				continue
 			}
+			if _, err := netip.ParseAddr(hp.Host); err != nil {
+				d.e.at(p, "cluster.peers[%d]: %q: want ip:port, the election does not resolve host names", i, v.str)
+				continue
+			}
 			if seen[hp.String()] {
 				d.e.at(p, "cluster.peers[%d]: duplicate peer %s", i, hp)
 				continue
@@ -126,16 +141,20 @@ func (d *decoder) cluster(r *reader, m *mainSections) *Cluster {
 			d.e.at(r.pos("witnesses"), "cluster.witnesses: %q is not in cluster.members", w)
 		}
 	}
+	if len(c.Witnesses) > 0 && len(c.Members) < 3 {
+		d.e.at(r.pos("witnesses"), "cluster.witnesses need at least 3 cluster.members for a majority (members has %d)", len(c.Members))
+	}
 	c.HeartbeatInterval = r.durationOr("heartbeat_interval", DefaultHeartbeatInterval)
 	c.DeadAfter = r.durationOr("dead_after", DefaultDeadAfter)
-	if c.HeartbeatInterval <= 0 {
-		d.e.at(r.pos("heartbeat_interval"), "cluster.heartbeat_interval must be above 0")
-	} else if c.HeartbeatInterval >= c.DeadAfter {
+	switch {
+	case c.HeartbeatInterval < minHeartbeat:
+		d.e.at(r.pos("heartbeat_interval"), "cluster.heartbeat_interval (%s) must be at least %s", c.HeartbeatInterval, minHeartbeat)
+	case c.DeadAfter < 2*c.HeartbeatInterval:
 		p := r.pos("dead_after")
 		if !r.has("dead_after") {
 			p = r.pos("heartbeat_interval")
 		}
-		d.e.at(p, "cluster.heartbeat_interval (%s) must be below dead_after (%s)", c.HeartbeatInterval, c.DeadAfter)
+		d.e.at(p, "cluster.dead_after (%s) must be at least twice heartbeat_interval (%s)", c.DeadAfter, c.HeartbeatInterval)
 	}
 	c.RealtimePriority = int(r.intOr("realtime_priority", 0, 99, DefaultRealtimePriority))
 	m.clusterAt = positions{{"key_file", r.pos("key_file")}, {"members", r.pos("members")}}
@@ -157,6 +176,8 @@ func (d *decoder) names(r *reader, section, key string) []string {
 			d.e.at(p, "%s.%s[%d]: want a string, got %s", section, key, i, v.kind)
 		case !validName(v.str):
 			d.e.at(p, "%s.%s[%d]: %q is not a valid name", section, key, i, v.str)
+		case len(v.str) > maxElectionName:
+			d.e.at(p, "%s.%s[%d]: %q is %d bytes long; %s", section, key, i, v.str, len(v.str), electionNameLimit)
 		case slices.Contains(out, v.str):
 			d.e.at(p, "%s.%s[%d]: duplicate %q", section, key, i, v.str)
 		default:
@@ -207,9 +228,10 @@ func (d *decoder) listenAddr(r *reader, section, v string) netip.AddrPort {
 func (d *decoder) trackScript(r *reader) *TrackScript {
 	ts := &TrackScript{Pos: r.tablePos(), Rise: 1, Fall: 1}
 	ts.Name = d.requiredName(r, "track_script")
+	d.electionName(r, ts.Name)
 	ts.Command = d.command(r, "command", true)
 	ts.Interval, ts.Timeout = d.intervalTimeout(r, time.Second)
-	ts.Weight = int(r.intOr("weight", -254, 254, 0))
+	ts.Weight = int(r.intOr("weight", -maxTrackWeight, maxTrackWeight, 0))
 	ts.Rise = int(r.intOr("rise", 1, 1000, 1))
 	ts.Fall = int(r.intOr("fall", 1, 1000, 1))
 	r.done()
@@ -265,14 +287,25 @@ func (d *decoder) requiredName(r *reader, what string) string {
 	return name
 }
 
+// electionName reports a valid name the election cannot take (too long).
+func (d *decoder) electionName(r *reader, name string) {
+	if validName(name) && len(name) > maxElectionName {
+		d.e.at(r.pos("name"), "%s: %q is %d bytes long; %s", r.name("name"), name, len(name), electionNameLimit)
+	}
+}
+
 func (d *decoder) vipGroup(r *reader) *VIPGroup {
 	g := &VIPGroup{Pos: r.tablePos()}
 	g.Name = d.requiredName(r, "vip_group")
+	d.electionName(r, g.Name)
 	if ifname, ok := r.str("interface"); ok {
 		d.checkIfName(r, "interface", ifname)
 		g.Interface = ifname
 	}
 	if vals, ok := r.elems("addresses"); ok {
+		if len(vals) == 0 {
+			d.e.at(r.pos("addresses"), "vip_group.addresses: must not be empty (e.g. [\"198.18.0.100/32\"])")
+		}
 		seen := map[netip.Addr]bool{}
 		for i, v := range vals {
 			p := d.src.pos(v.off)
@@ -311,12 +344,18 @@ func (d *decoder) vipGroup(r *reader) *VIPGroup {
 	if !g.Preempt && g.PreemptDelay > 0 {
 		d.e.at(r.pos("preempt_delay"), "vip_group.preempt_delay has no effect with preempt = false")
 	}
-	g.GARPCount = int(r.intOr("garp_count", 0, 1000, 5))
+	g.GARPCount = int(r.intOr("garp_count", 1, maxGARPCount, DefaultGARPCount))
 	g.GARPInterval = r.durationOr("garp_interval", 20*time.Millisecond)
+	if g.GARPInterval == 0 {
+		d.e.at(r.pos("garp_interval"), "vip_group.garp_interval must be above 0 (garp_refresh = \"0s\" turns the periodic refresh off)")
+		g.GARPInterval = 20 * time.Millisecond
+	}
 	g.GARPRefresh = r.durationOr("garp_refresh", 10*time.Second)
-	g.TrackInterfaces = d.trackRefs(r, "track_interface", true)
-	g.TrackScripts = d.trackRefs(r, "track_script", false)
-	g.TrackServices = d.trackRefs(r, "track_service", true)
+	// The election lowers the priority by a failed interface's or service's
+	// weight (0: fault); a script may also raise it while it succeeds.
+	g.TrackInterfaces = d.trackRefs(r, "track_interface", true, 0)
+	g.TrackScripts = d.trackRefs(r, "track_script", false, maxTrackWeight)
+	g.TrackServices = d.trackRefs(r, "track_service", true, 0)
 	g.NotifyMaster = d.command(r, "notify_master", false)
 	g.NotifyBackup = d.command(r, "notify_backup", false)
 	g.NotifyFault = d.command(r, "notify_fault", false)
@@ -337,7 +376,7 @@ func (d *decoder) vipGroup(r *reader) *VIPGroup {
 // fills in the script's weight.
 const noWeight = math.MinInt
 
-func (d *decoder) trackRefs(r *reader, key string, zeroDefault bool) []TrackRef {
+func (d *decoder) trackRefs(r *reader, key string, zeroDefault bool, maxWeight int64) []TrackRef {
 	var refs []TrackRef
 	for _, v := range r.tables(key) {
 		tr := r.at(key, v)
@@ -351,9 +390,11 @@ func (d *decoder) trackRefs(r *reader, key string, zeroDefault bool) []TrackRef 
 		}
 		if key == "track_interface" && ok {
 			d.checkIfName(&tr, "name", name)
+		} else if ok && name == "" {
+			d.e.at(tr.pos("name"), "%s: must not be empty", tr.name("name"))
 		}
 		ref.Name = name
-		if w, ok := tr.integer("weight", -254, 254); ok {
+		if w, ok := tr.integer("weight", -maxTrackWeight, maxWeight); ok {
 			ref.Weight = int(w)
 		}
 		tr.done()

@@ -218,7 +218,11 @@ func (d *decoder) service(r *reader) *Service {
 
 	cr := r.sub("check")
 	checkTable := cr.t
+	n := len(d.e.list)
 	s.Check = d.check(&cr, nil)
+	// Backends' overrides inherit the service check's keys, and would
+	// report its problems again.
+	svcCheck := checkErrs{pos: cr.tablePos(), list: slices.Clone(d.e.list[n:])}
 
 	// The backends of a service are allocated together.
 	tables := r.tables("backend")
@@ -227,7 +231,7 @@ func (d *decoder) service(r *reader) *Service {
 	d.seen.reset()
 	for i, v := range tables {
 		br := r.at("backend", v)
-		d.backend(&br, &slab[i], s, label, checkTable)
+		d.backend(&br, &slab[i], s, label, checkTable, &svcCheck)
 		s.Backends[i] = &slab[i]
 	}
 	r.done()
@@ -306,9 +310,12 @@ func (d *decoder) granularity(v *value, fam Family) (int, bool) {
 	return 0, false
 }
 
+// sorryServer reads the sorry server, a destination forwarded as the
+// service's backends are by default: the port rules of backends apply.
 func (d *decoder) sorryServer(r *reader, s *Service, v string) netip.AddrPort {
 	p := r.pos("sorry_server")
 	ap, err := netip.ParseAddrPort(v)
+	hasPort := err == nil
 	if err != nil {
 		a, aerr := netip.ParseAddr(v)
 		if aerr != nil {
@@ -320,6 +327,17 @@ func (d *decoder) sorryServer(r *reader, s *Service, v string) netip.AddrPort {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	if s.Family != "" && familyOf(ap.Addr()) != s.Family {
 		d.e.at(p, "service.sorry_server: %s is %s but the service is %s", ap.Addr(), familyOf(ap.Addr()), s.Family)
+	}
+	isFWM := s.FWMark > 0
+	switch {
+	case s.Forward == ForwardNAT && !isFWM && s.Address.IsValid() && s.Port == 0 && ap.Port() == 0:
+		d.e.at(p, "service.sorry_server: nat sorry server %s needs a port because the service port is 0 (address:port)", ap.Addr())
+	case s.Forward != ForwardNAT && hasPort && ap.Port() != s.Port:
+		what := "the service port (" + strconv.Itoa(int(s.Port)) + "), or leave the port out"
+		if isFWM {
+			what = "none (fwmark services keep the packet's port): give the address alone"
+		}
+		d.e.at(p, "service.sorry_server: %s sorry servers cannot change the port: port must be %s", s.Forward, what)
 	}
 	return ap
 }
@@ -374,7 +392,7 @@ func (d *decoder) mark(r *reader, fam Family) *Mark {
 }
 
 // backend decodes one backend of s into b.
-func (d *decoder) backend(r *reader, b *Backend, s *Service, label serviceLabel, checkTable *table) {
+func (d *decoder) backend(r *reader, b *Backend, s *Service, label serviceLabel, checkTable *table, svcCheck *checkErrs) {
 	*b = Backend{Pos: r.tablePos(), Weight: DefaultWeight, Forward: s.Forward}
 	isFWM := s.FWMark > 0
 	addr, ok := r.str("address")
@@ -435,7 +453,9 @@ func (d *decoder) backend(r *reader, b *Backend, s *Service, label serviceLabel,
 			r.typeErr("check", v, "a table")
 		} else {
 			mr := r.child("check", mergeTables(checkTable, v.tab), v.off)
+			n := len(d.e.list)
 			b.Check = d.check(&mr, v.tab)
+			d.e.list = append(d.e.list[:n], d.overrideErrs(d.e.list[n:], mr.tablePos(), checkTable, v.tab, svcCheck)...)
 		}
 	}
 	if ok && b.Address.IsValid() {
@@ -494,6 +514,44 @@ func (bs *backendSet) add(k netip.AddrPort, p Pos) (Pos, bool) {
 		}
 	}
 	return Pos{}, false
+}
+
+// checkErrs are the errors of a service's [service.check] table, at pos.
+type checkErrs struct {
+	pos  Pos
+	list Errors
+}
+
+// overrideErrs keeps, of the errors found in a backend's check override
+// (at pos; own keys over the service's base table), each problem once and
+// in the backend's table: an error the service check already reported (the
+// same message about the same inherited key, or the same missing key) is
+// dropped; one that an inherited key only has with the backend's own keys
+// moves to the override's header, saying where the inherited key is.
+func (d *decoder) overrideErrs(list Errors, pos Pos, base, own *table, svc *checkErrs) Errors {
+	if base == nil {
+		return list
+	}
+	out := list[:0]
+	for _, e := range list {
+		same := strings.ReplaceAll(e.Msg, "service.backend.check.", "service.check.")
+		at := e.Pos()
+		if at == pos {
+			at = svc.pos
+		}
+		if slices.ContainsFunc(svc.list, func(se Error) bool { return se.Pos() == at && se.Msg == same }) {
+			continue
+		}
+		for i, k := range base.keys {
+			if own.get(k) == nil && d.src.pos(base.vals[i].keyOff) == e.Pos() {
+				e.Msg += fmt.Sprintf(" (%s is inherited from [service.check] at %s)", k, e.Pos())
+				e.File, e.Line, e.Col = pos.File, pos.Line, pos.Col
+				break
+			}
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // mergeTables overlays a backend's check table on the service's.

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Each case is one config with @@ before every place an error is expected,
@@ -426,6 +427,83 @@ port = 80
     [service.backend.check]
     @@timeout = "5s"
 `, []string{"service.backend.check.timeout (5s) must be below service.backend.check.interval (1s)"}},
+	{"backend check override repeats nothing", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  [service.check]
+  type = "http"
+  @@timeout = "2s"
+  @@path = "nope"
+  headers = { @@"Bad Header" = "x" }
+  @@bogus = 1
+  [[service.backend]]
+  address = "198.18.1.2"
+    [service.backend.check]
+    rise = 3
+  [[service.backend]]
+  address = "198.18.1.3"
+    @@[service.backend.check]
+    interval = "500ms"
+    @@fall = 0
+[[service]]
+name = "b"
+address = "198.18.1.4"
+port = 80
+  @@[service.check]
+  interval = "2s"
+  [[service.backend]]
+  address = "198.18.1.5"
+    [service.backend.check]
+    rise = 3
+`, []string{
+		"service.check.timeout (2s) must be below service.check.interval (1s)",
+		`service.check.path: "nope" must start with /`,
+		`service.check.headers.Bad Header: "Bad Header" is not a valid header name`,
+		`unknown key "service.check.bogus"`,
+		"service.backend.check.timeout (2s) must be below service.backend.check.interval (500ms) (timeout is inherited from [service.check] at /etc/lvsd/lvsd.toml:8:3)",
+		"service.backend.check.fall: 0 is out of range 1..1000",
+		"service.check.type is required",
+	}},
+
+	// Sorry servers follow the backends' port rules.
+	{"sorry server ports", `
+[[service]]
+name = "nat0"
+address = "198.18.1.1"
+persistent = true
+forward = "nat"
+@@sorry_server = "198.18.2.9"
+[[service]]
+name = "nat0-zero"
+address = "198.18.1.2"
+persistent = true
+forward = "nat"
+@@sorry_server = "198.18.2.9:0"
+[[service]]
+name = "dr"
+address = "198.18.1.3"
+port = 80
+@@sorry_server = "198.18.2.9:8080"
+[[service]]
+name = "tun"
+address = "2001:db8::3"
+port = 443
+forward = "tunnel"
+@@sorry_server = "[2001:db8::9]:8443"
+[[service]]
+name = "fwm"
+fwmark = 8
+persistent = true
+@@sorry_server = "198.18.2.9:80"
+`, []string{
+		"service.sorry_server: nat sorry server 198.18.2.9 needs a port because the service port is 0",
+		"service.sorry_server: nat sorry server 198.18.2.9 needs a port because the service port is 0",
+		"service.sorry_server: dr sorry servers cannot change the port: port must be the service port (80)",
+		"service.sorry_server: tunnel sorry servers cannot change the port: port must be the service port (443)",
+		"service.sorry_server: dr sorry servers cannot change the port: port must be none (fwmark services keep the packet's port)",
+	}},
 
 	// VIP groups.
 	{"vip group fields", `
@@ -457,14 +535,108 @@ port = 80
 @@name = "dir-c"
 @@[cluster]
 @@bind = "198.18.0.11"
-peers = [@@"198.18.0.12", @@"peer:0", "peer-b.example:7946"]
+peers = [@@"198.18.0.12", @@"peer:0", @@"peer-b.example:7946", "198.18.0.13:7946"]
 members = ["dir-a", "dir-b", "w1"]
 @@witnesses = ["w2"]
 heartbeat_interval = "100ms"
-@@dead_after = "100ms"
+@@dead_after = "199ms"
 `, []string{`node name "dir-c" is not in cluster.members`, "cluster.key_file is required", `cluster.bind: "198.18.0.11" is not ip:port`,
-		`cluster.peers[0]: "198.18.0.12": not host:port`, `"peer:0": port must be 1..65535`, `"w2" is not in cluster.members`,
-		"heartbeat_interval (100ms) must be below dead_after (100ms)"}},
+		`cluster.peers[0]: "198.18.0.12": not host:port`, `"peer:0": port must be 1..65535`,
+		`cluster.peers[2]: "peer-b.example:7946": want ip:port, the election does not resolve host names`, `"w2" is not in cluster.members`,
+		"cluster.dead_after (199ms) must be at least twice heartbeat_interval (100ms)"}},
+	// The election's own limits (vrrp.Spec.Validate): what lvsd would
+	// refuse at start, lvsd --check refuses at the key.
+	{"heartbeat below 1ms", `
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+@@heartbeat_interval = "500us"
+dead_after = "2ms"
+`, []string{"cluster.heartbeat_interval (500µs) must be at least 1ms"}},
+	{"heartbeat zero", `
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+@@heartbeat_interval = "0s"
+`, []string{"cluster.heartbeat_interval (0s) must be at least 1ms"}},
+	{"dead_after default too short", `
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+@@heartbeat_interval = "60ms"
+`, []string{"cluster.dead_after (100ms) must be at least twice heartbeat_interval (60ms)"}},
+	{"dead_after zero", `
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+@@dead_after = "0s"
+`, []string{"cluster.dead_after (0s) must be at least twice heartbeat_interval (20ms)"}},
+	{"witnesses need three members", `
+[node]
+name = "dir-a"
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+members = ["dir-a", "w1"]
+@@witnesses = ["w1"]
+`, []string{"cluster.witnesses need at least 3 cluster.members for a majority (members has 2)"}},
+	{"election names up to 64 bytes", `
+[node]
+@@name = "` + long65 + `"
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+[[track_script]]
+@@name = "` + long65 + `"
+command = ["/bin/true"]
+[[vip_group]]
+@@name = "` + long65 + `"
+interface = "eth0"
+addresses = ["198.18.0.100/32"]
+`, []string{`node.name: "` + long65 + `" is 65 bytes long; the election's limit is 64 bytes`,
+		`track_script.name: "` + long65 + `" is 65 bytes long`,
+		`vip_group.name: "` + long65 + `" is 65 bytes long`}},
+	{"member names up to 64 bytes", `
+[node]
+name = "dir-a"
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+members = ["dir-a", @@"` + long65 + `"]
+`, []string{`cluster.members[1]: "` + long65 + `" is 65 bytes long; the election's limit is 64 bytes`}},
+	{"vip group election limits", `
+[node]
+interface = "eth0"
+[[track_script]]
+name = "chk"
+command = ["/bin/true"]
+@@weight = -254
+[[track_script]]
+name = "up"
+command = ["/bin/true"]
+@@weight = 254
+[[vip_group]]
+name = "g"
+@@addresses = []
+@@garp_count = 0
+@@garp_interval = "0s"
+track_interface = [{ name = "eth1", @@weight = 5 }, { name = "eth2", @@weight = -254 }]
+track_script = [{ name = "chk", @@weight = 254 }, { name = "up", @@weight = -254 }]
+track_service = [{ name = "s", @@weight = 1 }, { @@name = "" }]
+[[vip_group]]
+name = "h"
+addresses = ["198.18.0.101/32"]
+@@garp_count = 101
+[[service]]
+name = "s"
+address = "198.18.1.1"
+port = 80
+`, []string{"track_script.weight: -254 is out of range -253..253", "track_script.weight: 254 is out of range -253..253",
+		"vip_group.addresses: must not be empty", "vip_group.garp_count: 0 is out of range 1..100", "vip_group.garp_interval must be above 0",
+		"vip_group.track_interface.weight: 5 is out of range -253..0", "vip_group.track_interface.weight: -254 is out of range -253..0",
+		"vip_group.track_script.weight: 254 is out of range -253..253", "vip_group.track_script.weight: -254 is out of range -253..253",
+		"vip_group.track_service.weight: 1 is out of range -253..0", "vip_group.track_service.name: must not be empty",
+		"vip_group.garp_count: 101 is out of range 1..100"}},
 	{"cluster bind", `
 @@[cluster]
 insecure = true
@@ -535,6 +707,9 @@ name = "unterminated@@
 `, []string{"TOML syntax"}},
 }
 
+// long65 is a valid name one byte over the election's limit.
+var long65 = strings.Repeat("n", 65)
+
 func TestSemanticChecks(t *testing.T) {
 	for _, tc := range semanticCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -548,7 +723,10 @@ func TestSemanticChecks(t *testing.T) {
 			for i, p := range ps {
 				wantError(t, es, p, tc.msgs[i])
 			}
-			// Nothing else: every error of the case is expected.
+			// Nothing else: every error of the case is expected, once.
+			if len(es) != len(ps) {
+				t.Errorf("%d errors, want %d:\n%v", len(es), len(ps), es)
+			}
 			for _, e := range es {
 				found := false
 				for _, p := range ps {
@@ -589,5 +767,132 @@ func TestKeyFile(t *testing.T) {
 			p.File = "/etc/lvsd/lvsd.toml"
 			wantError(t, es, p, tc.msg)
 		})
+	}
+}
+
+// TestControlToken: the token file is checked as lvsd reads it at start
+// (white space trimmed, at least 16 characters), at the token_file key,
+// and the token itself is never printed.
+func TestControlToken(t *testing.T) {
+	for _, tc := range []struct {
+		name, content, msg string
+	}{
+		{"16 characters", "0123456789abcdef\n", ""},
+		{"base64 of 32 bytes", base64.StdEncoding.EncodeToString([]byte(strings.Repeat("t", 32))) + "\n", ""},
+		{"15 characters", "  0123456789abcde\n\n", "the token in /etc/lvsd/token has 15 characters, lvsd needs at least 16; make one with: head -c 32 /dev/urandom | base64 > /etc/lvsd/token"},
+		{"white space only", " \n\t\n", "control.token_file: /etc/lvsd/token is empty; make one with: head -c 32 /dev/urandom | base64"},
+		{"empty", "", "control.token_file: /etc/lvsd/token is empty"},
+		{"missing", "", "control.token_file: cannot read /etc/lvsd/token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text, ps := strip("[control]\nlisten = \"127.0.0.1:9000\"\n@@token_file = \"token\"\n")
+			files := map[string]string{"/etc/lvsd/lvsd.toml": text}
+			if tc.name != "missing" {
+				files["/etc/lvsd/token"] = tc.content
+			}
+			cfg, es, _ := loadMem(t, []string{"/etc/lvsd/lvsd.toml"}, files)
+			if tc.msg == "" {
+				if es != nil {
+					t.Fatalf("unexpected errors: %v", es)
+				}
+				if cfg.Control.TokenFile != "/etc/lvsd/token" {
+					t.Fatalf("token file %q", cfg.Control.TokenFile)
+				}
+				return
+			}
+			if len(es) != 1 {
+				t.Fatalf("want one error, got:\n%v", es)
+			}
+			p := ps[0]
+			p.File = "/etc/lvsd/lvsd.toml"
+			wantError(t, es, p, tc.msg)
+			if tok := strings.TrimSpace(tc.content); tok != "" && strings.Contains(es.Error(), tok) {
+				t.Errorf("the error shows the token: %v", es)
+			}
+		})
+	}
+}
+
+// TestElectionLimitsAccepted: the limits the election takes (and the
+// sorry servers backends' rules allow) load, with the values given.
+func TestElectionLimitsAccepted(t *testing.T) {
+	name64 := strings.Repeat("n", 64)
+	cfg := mustLoad(t, `
+[node]
+name = "`+name64+`"
+interface = "eth0"
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+members = ["`+name64+`", "dir-b", "w1"]
+witnesses = ["w1"]
+heartbeat_interval = "1ms"
+dead_after = "2ms"
+[[track_script]]
+name = "`+name64+`"
+command = ["/bin/true"]
+weight = 253
+[[track_script]]
+name = "down"
+command = ["/bin/true"]
+weight = -253
+[[vip_group]]
+name = "`+name64+`"
+addresses = ["198.18.0.100/32"]
+garp_count = 1
+track_interface = [{ name = "eth1", weight = -253 }, { name = "eth2", weight = 0 }]
+track_script = [{ name = "`+name64+`" }, { name = "down", weight = 253 }]
+track_service = [{ name = "nat0", weight = -253 }]
+[[vip_group]]
+name = "g"
+addresses = ["198.18.0.101/32"]
+garp_count = 100
+[[service]]
+name = "nat0"
+address = "198.18.1.1"
+persistent = true
+forward = "nat"
+sorry_server = "198.18.2.9:8080"
+[[service]]
+name = "nat80"
+address = "198.18.1.2"
+port = 80
+forward = "nat"
+sorry_server = "198.18.2.9:8080"
+[[service]]
+name = "dr"
+address = "198.18.1.3"
+port = 80
+sorry_server = "198.18.2.9:80"
+[[service]]
+name = "dr-bare"
+address = "198.18.1.4"
+port = 80
+sorry_server = "198.18.2.9"
+[[service]]
+name = "fwm"
+fwmark = 8
+persistent = true
+sorry_server = "198.18.2.9"
+`)
+	c := cfg.Cluster
+	if cfg.Node.Name != name64 || c.HeartbeatInterval != time.Millisecond || c.DeadAfter != 2*time.Millisecond || len(c.Members) != 3 {
+		t.Errorf("node %q cluster %+v", cfg.Node.Name, c)
+	}
+	if ts := cfg.TrackScripts; ts[0].Weight != 253 || ts[1].Weight != -253 {
+		t.Errorf("track script weights %d %d", ts[0].Weight, ts[1].Weight)
+	}
+	g := cfg.VIPGroup(name64)
+	if g.GARPCount != 1 || cfg.VIPGroup("g").GARPCount != 100 ||
+		g.TrackInterfaces[0].Weight != -253 || g.TrackInterfaces[1].Weight != 0 ||
+		g.TrackScripts[0].Weight != 253 || g.TrackScripts[1].Weight != 253 || g.TrackServices[0].Weight != -253 {
+		t.Errorf("vip group %+v", g)
+	}
+	for name, want := range map[string]string{
+		"nat0": "198.18.2.9:8080", "nat80": "198.18.2.9:8080", "dr": "198.18.2.9:80", "dr-bare": "198.18.2.9:80", "fwm": "198.18.2.9:0",
+	} {
+		if got := cfg.Service(name).SorryServer.String(); got != want {
+			t.Errorf("service %s: sorry server %s, want %s", name, got, want)
+		}
 	}
 }
