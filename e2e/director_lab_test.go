@@ -122,13 +122,14 @@ func TestDirectorNAT(t *testing.T) {
 	cfg.WriteString(`
 [[vip_group]]
 name = "web"
-addresses = ["198.18.1.100/32", "198.18.1.101/32", "2001:db8:1::100/128", "2001:db8:1::101/128"]
+addresses = ["198.18.1.100/32", "198.18.1.101/32", "2001:db8:1::100/128", "2001:db8:1::101/128", "2001:db8:1::102/128"]
 `)
 	for _, s := range []struct{ name, addr, extra, rs1, rs2 string }{
 		{"nat-sticky", "198.18.1.100", `persistence = "500s"`, "198.18.2.11", "198.18.2.12"},
 		{"nat-plain", "198.18.1.101", "", "198.18.2.11", "198.18.2.12"},
 		{"nat6-sticky", "2001:db8:1::100", `persistence = "500s"`, "2001:db8:2::11", "2001:db8:2::12"},
 		{"nat6-net", "2001:db8:1::101", "persistent = true\npersistence_granularity = 64", "2001:db8:2::11", "2001:db8:2::12"},
+		{"nat6-plain", "2001:db8:1::102", "", "2001:db8:2::11", "2001:db8:2::12"},
 	} {
 		fmt.Fprintf(&cfg, `
 [[service]]
@@ -156,6 +157,7 @@ forward = "nat"
 		"TCP 198.18.1.101:80 rr":                             dests,
 		"TCP [2001:db8:1::100]:80 rr persistent 500":         dests6,
 		"TCP [2001:db8:1::101]:80 rr persistent 360 mask 64": dests6,
+		"TCP [2001:db8:1::102]:80 rr":                        dests6,
 	})
 
 	const n = 5
@@ -172,12 +174,15 @@ forward = "nat"
 		t.Fatalf("persistence_granularity 64: client on %s, client2 (same /64) on %s", net1, got)
 	}
 	var got []string
-	for i := 0; i < 6; i++ {
-		got = append(got, whoFrom(t, l.client, "", "198.18.1.101:80"))
-	}
-	for i := 1; i < len(got); i++ {
-		if got[i] == got[i-1] {
-			t.Fatalf("non-persistent rr NAT service did not alternate: %v", got)
+	for _, vip := range []string{"198.18.1.101:80", "[2001:db8:1::102]:80"} {
+		got = got[:0]
+		for i := 0; i < 6; i++ {
+			got = append(got, whoFrom(t, l.client, "", vip))
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i] == got[i-1] {
+				t.Fatalf("%s: non-persistent rr NAT service did not alternate: %v", vip, got)
+			}
 		}
 	}
 	// NAT: replies pass the director too (under DR OutPkts stays 0).
