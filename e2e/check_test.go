@@ -16,8 +16,8 @@ import (
 )
 
 // checkFile is one file of a broken config: text has @@ before every place
-// lvsd --check must report, msgs the expected messages (substrings) in the
-// same order.
+// lvsd --check must report, msgs the expected messages (substrings, TMPDIR
+// standing for the config's directory) in the same order.
 type checkFile struct {
 	name string
 	text string
@@ -214,6 +214,71 @@ members = ["director-a", "director-b"]
 name = "group-00"
 addresses = ["198.18.9.0/32"]
 ` + manyGroups(1, 45), []string{"45 groups need a 1390-byte heartbeat"}}}},
+		// What lvsd refused only at start (the election's limits, the
+		// control token) or let through wrong (sorry server ports), and
+		// a backend check override that repeated its service check's errors.
+		{"refused at start", []checkFile{
+			{"lvsd.toml", `
+[node]
+name = "dir-a"
+interface = "eth0"
+
+[cluster]
+bind = "198.18.0.11:7946"
+insecure = true
+@@heartbeat_interval = "60ms"
+
+[control]
+listen = "127.0.0.1:9120"
+@@token_file = "token"
+
+[[track_script]]
+name = "chk"
+command = ["/bin/true"]
+@@weight = 254
+
+[[vip_group]]
+name = "web"
+addresses = ["198.18.1.63/32"]
+@@garp_count = 0
+track_interface = [{ name = "eth1", @@weight = 10 }]
+track_service = [{ name = "nat", @@weight = 5 }]
+
+[[service]]
+name = "nat"
+address = "198.18.1.63"
+persistent = true
+forward = "nat"
+@@sorry_server = "198.18.2.9"
+  [[service.backend]]
+  address = "198.18.1.65"
+  port = 8080
+
+[[service]]
+name = "dr"
+address = "198.18.1.64"
+port = 80
+@@sorry_server = "198.18.2.9:8080"
+  [service.check]
+  type = "http"
+  @@timeout = "1s"
+  [[service.backend]]
+  address = "198.18.1.65"
+    [service.backend.check]
+    rise = 3
+`, []string{
+				"cluster.dead_after (100ms) must be at least twice heartbeat_interval (60ms)",
+				"the token in TMPDIR/token has 11 characters, lvsd needs at least 16; make one with: head -c 32 /dev/urandom | base64",
+				"track_script.weight: 254 is out of range -253..253",
+				"vip_group.garp_count: 0 is out of range 1..100",
+				"vip_group.track_interface.weight: 10 is out of range -253..0",
+				"vip_group.track_service.weight: 5 is out of range -253..0",
+				"nat sorry server 198.18.2.9 needs a port because the service port is 0",
+				"dr sorry servers cannot change the port: port must be the service port (80)",
+				"service.check.timeout (1s) must be below service.check.interval (1s)",
+			}},
+			{"token", "short-token\n", nil},
+		}},
 		{"TOML syntax", []checkFile{{"lvsd.toml", `
 [node]
 name = "dir-a"
@@ -236,7 +301,7 @@ interface = "unterminated@@
 					t.Fatal(err)
 				}
 				for i, p := range pos {
-					want = append(want, wantErr{path, p[0], p[1], f.msgs[i]})
+					want = append(want, wantErr{path, p[0], p[1], strings.ReplaceAll(f.msgs[i], "TMPDIR", dir)})
 				}
 			}
 			main := filepath.Join(dir, tc.files[0].name)
