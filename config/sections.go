@@ -20,6 +20,7 @@ const (
 	DefaultHeartbeatInterval = 20 * time.Millisecond
 	DefaultDeadAfter         = 100 * time.Millisecond
 	DefaultRealtimePriority  = 10
+	DefaultGARPCount         = 5
 )
 
 // Limits of the VIP election (vrrp.Spec.Validate), checked here so that
@@ -29,7 +30,6 @@ const (
 	maxTrackWeight    = 253 // |weight| of a tracked script, interface or service
 	minHeartbeat      = time.Millisecond
 	maxGARPCount      = 100
-	DefaultGARPCount  = 5
 	electionNameLimit = "the election's limit is 64 bytes"
 )
 
