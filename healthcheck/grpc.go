@@ -21,10 +21,11 @@ import (
 // of binary.
 type grpcChecker struct {
 	base
-	tr      *http.Transport
-	scheme  string
-	host    string
-	request []byte // framed HealthCheckRequest
+	filesRead // ca_file
+	tr        *http.Transport
+	scheme    string
+	host      string
+	request   []byte // framed HealthCheckRequest
 }
 
 // Serving statuses of grpc.health.v1.HealthCheckResponse.
@@ -36,11 +37,11 @@ var grpcCodes = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "D
 	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
 
 func newGRPC(s Spec) (*grpcChecker, error) {
-	tlsCfg, err := tlsConfig(s, s.TLS)
+	tlsCfg, read, err := tlsConfig(s, s.TLS)
 	if err != nil {
 		return nil, err
 	}
-	c := &grpcChecker{base: newBase(s), scheme: "http", host: s.Host}
+	c := &grpcChecker{base: newBase(s), filesRead: read, scheme: "http", host: s.Host}
 	var msg []byte
 	if s.GRPCService != "" {
 		msg = protowire.AppendTag(msg, 1, protowire.BytesType)

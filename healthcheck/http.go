@@ -31,17 +31,18 @@ import (
 // check and buy nothing here.
 type httpChecker struct {
 	base
-	d       *net.Dialer
-	tls     *tls.Config // nil for plain http
-	scheme  string
-	method  string
-	path    string // path and query as configured
-	host    string
-	headers http.Header
-	status  []statusRange
-	re      *regexp.Regexp
-	digest  []byte
-	maxBody int64
+	filesRead // ca_file
+	d         *net.Dialer
+	tls       *tls.Config // nil for plain http
+	scheme    string
+	method    string
+	path      string // path and query as configured
+	host      string
+	headers   http.Header
+	status    []statusRange
+	re        *regexp.Regexp
+	digest    []byte
+	maxBody   int64
 }
 
 type statusRange struct{ lo, hi int }
@@ -135,7 +136,7 @@ func newHTTP(s Spec) (*httpChecker, error) {
 			errs = append(errs, fieldErr("body_sha256", "must be 64 hex digits, got %q", s.BodySHA256))
 		}
 	}
-	tlsCfg, err := tlsConfig(s, s.Type == TypeHTTPS)
+	tlsCfg, read, err := tlsConfig(s, s.Type == TypeHTTPS)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -144,7 +145,7 @@ func newHTTP(s Spec) (*httpChecker, error) {
 	}
 	c.d = c.dialer()
 	c.d.KeepAlive = -1
-	c.tls = tlsCfg
+	c.tls, c.filesRead = tlsCfg, read
 	return c, nil
 }
 
@@ -161,8 +162,9 @@ func validMethod(m string) bool {
 }
 
 // tlsConfig builds the client TLS config from sni, tls_verify and ca_file;
-// nil when TLS is not in use. Setting TLS keys without TLS is an error.
-func tlsConfig(s Spec, useTLS bool) (*tls.Config, error) {
+// nil when TLS is not in use. Setting TLS keys without TLS is an error. It
+// also returns what it read from files, for the checker to keep.
+func tlsConfig(s Spec, useTLS bool) (*tls.Config, filesRead, error) {
 	if !useTLS {
 		var errs []error
 		if s.SNI != "" {
@@ -171,25 +173,27 @@ func tlsConfig(s Spec, useTLS bool) (*tls.Config, error) {
 		if s.CAFile != "" {
 			errs = append(errs, fieldErr("ca_file", "only meaningful with TLS (type https, or grpc with tls)"))
 		}
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
 	cfg := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		ServerName:         s.SNI,
 		InsecureSkipVerify: s.TLSInsecure, //nolint:gosec // operator's explicit tls_verify = false
 	}
+	var read filesRead
 	if s.CAFile != "" {
 		pem, err := os.ReadFile(s.CAFile)
 		if err != nil {
-			return nil, fieldErr("ca_file", "%v", err)
+			return nil, nil, fieldErr("ca_file", "%v", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fieldErr("ca_file", "%s holds no PEM certificate", s.CAFile)
+			return nil, nil, fieldErr("ca_file", "%s holds no PEM certificate", s.CAFile)
 		}
 		cfg.RootCAs = pool
+		read = append(read, stampOf("ca_file", s.CAFile, pem))
 	}
-	return cfg, nil
+	return cfg, read, nil
 }
 
 // serverName returns cfg with the name to send and verify: sni, else the

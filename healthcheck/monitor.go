@@ -195,24 +195,76 @@ func (m *Monitor) ChecksRun() uint64 { return m.checks.Load() }
 // their state, counters and timers; changed ones get a new checker and
 // restart their counters and timers (initial delay included) but keep their
 // up/down state, so a reload that edits a check never yanks a healthy
-// backend; removed ones stop (a running check's result is dropped). Nothing
-// is applied unless every check is valid; errors name the check and field.
+// backend; removed ones stop (a running check's result is dropped). A check
+// whose spec is unchanged but names a file (ca_file) whose content differs
+// from what its checker read counts as changed, so a CA bundle replaced in
+// place is picked up; each such file is read once per Update, and checks
+// that name none cost no file access. Nothing is applied unless every check
+// is valid, files included; errors name the check and field.
 func (m *Monitor) Update(checks []Check) error {
+	m.upd.Lock()
+	defer m.upd.Unlock()
+	return m.update(checks)
+}
+
+// RereadFiles rebuilds the checks whose checker was built from a file
+// (ca_file) that has changed since: Update with the checks already running.
+// A reload that leaves every check's spec as it was calls this rather than
+// skipping the health checks, or a CA bundle rotated in place would only be
+// read at the next restart. When no file changed it costs a look at each
+// check and one read of each distinct file. Errors, all-or-nothing, are
+// Update's.
+func (m *Monitor) RereadFiles() error {
+	m.upd.Lock()
+	defer m.upd.Unlock()
+	m.mu.Lock()
+	readers := make(map[Checker]bool)
+	for _, e := range m.entries {
+		if fr, ok := e.checker.(fileReader); ok && len(fr.stamps()) > 0 {
+			readers[e.checker] = true
+		}
+	}
+	m.mu.Unlock()
+	sums := fileSums{}
+	stale := false
+	for c := range readers {
+		if f, err := sums.stale(c); f != nil || err != nil {
+			stale = true // Update says which checks and why
+			break
+		}
+	}
+	if !stale {
+		return nil
+	}
+	m.mu.Lock()
+	checks := make([]Check, 0, len(m.entries))
+	for k, e := range m.entries {
+		checks = append(checks, Check{Key: k, Spec: e.spec})
+	}
+	m.mu.Unlock()
+	return m.update(checks)
+}
+
+// update is Update, with upd held.
+func (m *Monitor) update(checks []Check) error {
 	type prepared struct {
 		c       Check
 		spec    Spec
 		checker Checker
+		keep    bool // unchanged: keeps its entry
 	}
-	m.upd.Lock()
-	defer m.upd.Unlock()
+	type current struct {
+		spec    Spec
+		checker Checker
+	}
 	m.mu.Lock()
 	if m.done {
 		m.mu.Unlock()
 		return errors.New("healthcheck: update after close")
 	}
-	existing := make(map[Key]Spec, len(m.entries))
+	existing := make(map[Key]current, len(m.entries))
 	for k, e := range m.entries {
-		existing[k] = e.spec
+		existing[k] = current{e.spec, e.checker}
 	}
 	m.mu.Unlock()
 
@@ -221,6 +273,8 @@ func (m *Monitor) Update(checks []Check) error {
 	built := make(map[string]Checker)
 	seen := make(map[Key]bool, len(checks))
 	preps := make([]prepared, 0, len(checks))
+	sums := fileSums{}                  // files unchanged checks were built from, each read once
+	changedFiles := map[[2]string]int{} // field and path -> checks rebuilt for it
 	for _, c := range checks {
 		if seen[c.Key] {
 			errs = append(errs, fmt.Errorf("check %s: listed twice", c.Key))
@@ -233,9 +287,19 @@ func (m *Monitor) Update(checks []Check) error {
 		}
 		spec := c.Spec.WithDefaults()
 		p := prepared{c: c, spec: spec}
-		if old, ok := existing[c.Key]; ok && reflect.DeepEqual(old, spec) {
-			preps = append(preps, p) // unchanged: keeps its checker
-			continue
+		if old, ok := existing[c.Key]; ok && reflect.DeepEqual(old.spec, spec) {
+			// Only checkers built from files look at them.
+			f, err := sums.stale(old.checker)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("check %s: %w", c.Key, err))
+				continue
+			}
+			if f == nil {
+				p.keep = true // unchanged: keeps its checker
+				preps = append(preps, p)
+				continue
+			}
+			changedFiles[[2]string{f.field, f.path}]++ // rebuilt below, like a changed spec
 		}
 		if terrs := spec.validateTiming(); len(terrs) > 0 {
 			errs = append(errs, fmt.Errorf("check %s: %w", c.Key, errors.Join(terrs...)))
@@ -270,8 +334,8 @@ func (m *Monitor) Update(checks []Check) error {
 	}
 
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.done {
+		m.mu.Unlock()
 		return errors.New("healthcheck: update after close")
 	}
 	now := time.Now()
@@ -281,10 +345,10 @@ func (m *Monitor) Update(checks []Check) error {
 		}
 	}
 	for _, p := range preps {
-		old := m.entries[p.c.Key]
-		if old != nil && reflect.DeepEqual(old.spec, p.spec) {
+		if p.keep {
 			continue
 		}
+		old := m.entries[p.c.Key]
 		e := &entry{
 			key:     p.c.Key,
 			spec:    p.spec,
@@ -309,6 +373,10 @@ func (m *Monitor) Update(checks []Check) error {
 		e.next = now.Add(jitter)
 		m.entries[e.key] = e
 		m.push(e)
+	}
+	m.mu.Unlock()
+	for f, n := range changedFiles {
+		m.log.Info("health checks rebuilt: a file they read has changed", "field", f[0], "path", f[1], "checks", n)
 	}
 	return nil
 }
