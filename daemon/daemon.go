@@ -427,7 +427,17 @@ func (e *engine) startDirector(ctx context.Context) error {
 		}
 		res, err := e.rec.Adopt(ctx, desired, prev)
 		e.countOps()
-		if err != nil {
+		var werr *director.WriteError
+		switch {
+		case errors.As(err, &werr):
+			// One service the kernel refuses (a scheduler module missing, a
+			// bad destination) must not keep every other one, and the VIPs,
+			// down: run, and retry it at the next resync or change.
+			e.log.Error("adopt kernel IPVS state: some writes failed; those services are retried at the next resync or change",
+				"failed", res.Failed.Total(), "pending", res.Pending, "err", err)
+			e.events.add(api.Event{Kind: "ipvs", Subject: "start", To: "partial",
+				Reason: fmt.Sprintf("%d write(s) failed, %d service(s) pending: %v", res.Failed.Total(), res.Pending, err)})
+		case err != nil:
 			return fmt.Errorf("adopt kernel IPVS state: %w", err)
 		}
 		e.log.Info("adopted kernel IPVS state", "services", len(desired), "writes", res.Ops.Total(), "failed", res.Failed.Total(), "pending", res.Pending)

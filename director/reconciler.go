@@ -726,10 +726,19 @@ func (r *Reconciler) applyEntries(ctx context.Context, es []*entry, drift map[Se
 			"pending", res.Pending, "took", time.Since(start))
 	}
 	if len(errs) > 0 {
-		return res, fmt.Errorf("%d ipvs writes failed: %w", len(errs), joinCapped(errs))
+		return res, &WriteError{Err: fmt.Errorf("%d ipvs writes failed: %w", len(errs), joinCapped(errs))}
 	}
 	return res, nil
 }
+
+// WriteError is the error of a call whose kernel writes (some of them)
+// failed: unlike bad input or a failed read, the record still says exactly
+// what the kernel holds, everything else was written, and the services
+// concerned stay pending for the next Sync or Resync. A caller can carry on.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
 
 // checkAnswers makes sure a chunk has one answer per write, or none.
 func (r *Reconciler) checkAnswers(c *opChunk) {

@@ -903,3 +903,46 @@ func BenchmarkSyncInSync10k(b *testing.B) {
 		}
 	}
 }
+
+// TestAdoptWriteFailureIsAWriteError: at start, a service the kernel
+// refuses (a scheduler module missing) fails as a WriteError — everything
+// else is written, the record matches the kernel, the service stays
+// pending — so the caller can run on, and a resync writes it later.
+func TestAdoptWriteFailureIsAWriteError(t *testing.T) {
+	ctx := context.Background()
+	fake := dptest.New()
+	r, _ := newReconciler(t, fake)
+	set := seedSet()
+	bad := set[1].Service.Key
+	fake.SetFault(func(op director.Op) error {
+		if op.Kind == director.OpAddService && op.Service.Key == bad {
+			return syscall.ENOENT // what the kernel answers for an unknown scheduler
+		}
+		return nil
+	})
+	res, err := r.Adopt(ctx, set, nil)
+	var werr *director.WriteError
+	if !errors.As(err, &werr) || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("adopt: %v, want a WriteError wrapping ENOENT", err)
+	}
+	if res.Pending != 1 || res.Failed[director.OpAddService] != 1 {
+		t.Fatalf("result %+v, want one failed add-service and one service pending", res)
+	}
+	var others []director.DesiredService
+	for _, d := range set {
+		if d.Service.Key != bad {
+			others = append(others, d)
+		}
+	}
+	wantTable(t, fake, others)
+	fake.SetFault(nil)
+	if _, err := r.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantTable(t, fake, set)
+	// A failed read is not a WriteError: nothing was written.
+	fake.FailReads(syscall.EIO)
+	if _, err := r.Adopt(ctx, set, nil); err == nil || errors.As(err, &werr) {
+		t.Fatalf("adopt with a failed read: %v, want an error that is not a WriteError", err)
+	}
+}
