@@ -193,6 +193,9 @@ func (e *engine) apply(cfg *config.Config) []string {
 		for _, s := range added {
 			e.syncService(ctx, s)
 		}
+	} else if err := e.mon.RereadFiles(); err != nil {
+		// A CA bundle rotated in place: checked by checkSpecs above.
+		e.log.Error("reread health-check files", "err", err)
 	}
 	if err := e.applyMarks(ctx); err != nil {
 		e.log.Error("reload: firewall marks", "err", err)
