@@ -56,6 +56,11 @@ func effectiveBackends(s *config.Service, recs []opstate.Record) []backendView {
 				Origin: "runtime",
 			})
 		}
+		if ok && r.Added {
+			// Added at run time, then the config gained it: the operator's
+			// weight stays until remove (README, "which wins").
+			out[i].Dest.Weight = r.Weight
+		}
 		out[i].Admin = r.Admin
 		out[i].Removed = r.Removed
 	}

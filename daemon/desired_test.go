@@ -180,3 +180,15 @@ port = 80
 		}
 	}
 }
+
+// TestRuntimeWeightOutlastsConfig: a backend added at run time with a
+// weight, which the config then gains with another weight, keeps the
+// operator's weight until it is removed (README, "which wins").
+func TestRuntimeWeightOutlastsConfig(t *testing.T) {
+	s := testService(t, config.OnFailureRemove, "") // config weight 2
+	rec := opstate.Record{Service: "web", Backend: ap("198.18.1.66:80"), Added: true, Weight: 7}
+	d, _, _ := composeService(s, effectiveBackends(s, []opstate.Record{rec}), healthMap(), healthcheck.StateUnknown)
+	if w := weights(d); w["198.18.1.66:80"] != 7 || w["198.18.1.65:80"] != 2 {
+		t.Fatalf("weights %v, want the runtime 7 for .66 and the config's 2 for the others", w)
+	}
+}
