@@ -154,6 +154,12 @@ func Run(ctx context.Context, opts Options) (err error) {
 	if e.overrides, err = loadOverrides(overridesPath(cfg.Node.StateDir)); err != nil {
 		return err
 	}
+	// Read before anything touches the kernel or the network: a bad token
+	// file must not stop lvsd halfway through its start.
+	token, err := readToken(cfg.Control.TokenFile)
+	if err != nil {
+		return err
+	}
 
 	e.metrics = metrics.New(metricsSource{e}, log, metrics.PerBackend(cfg.Metrics.PerBackend))
 
@@ -185,10 +191,6 @@ func Run(ctx context.Context, opts Options) (err error) {
 	apiErr := make(chan error, 2)
 	apiCtx, cancelAPI := context.WithCancel(context.Background())
 	defer cancelAPI()
-	token, err := readToken(cfg.Control.TokenFile)
-	if err != nil {
-		return err
-	}
 	srv := api.NewServer(controller{e}, log, token)
 	go func() { apiErr <- srv.ServeUnix(apiCtx, cfg.Control.Socket) }()
 	if cfg.Control.Listen.IsValid() {
