@@ -80,10 +80,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	} else {
 		client = api.NewUnixClient(*socket)
 	}
+	// --json may also follow the command (lvsctl status --json).
+	var rest []string
+	for _, a := range fs.Args() {
+		if a == "--json" || a == "-json" {
+			*asJSON = true
+			continue
+		}
+		rest = append(rest, a)
+	}
 	c := &cli{client: client, out: stdout, json: *asJSON}
-	err := c.dispatch(ctx, fs.Args())
+	err := c.dispatch(ctx, rest)
 	var ue usageError
 	var ae *api.Error
+	// Errors go to stderr, --json or not: stdout carries results only.
 	switch {
 	case err == nil:
 		return 0

@@ -166,6 +166,14 @@ func TestJSONOutput(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &b) != nil || b.Admin != "drained" {
 		t.Fatalf("json drain: %d %s", code, out)
 	}
+	// --json after the command, or after its arguments, is the same flag.
+	for _, args := range [][]string{{"status", "--json"}, {"backend", "undrain", "web-pcc", "198.18.1.66", "--json"}} {
+		code, out, errs := lvsctl(t, sock, args...)
+		var v map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &v) != nil {
+			t.Errorf("lvsctl %v: exit %d, stdout %q, stderr %q; want JSON", args, code, out, errs)
+		}
+	}
 }
 
 func TestReloadOfInvalidConfigFails(t *testing.T) {
