@@ -353,11 +353,22 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, v any, err error)
 	writeJSON(w, http.StatusOK, v)
 }
 
+// maxBody bounds a request body: the largest real one is a few hundred bytes.
+const maxBody = 1 << 20
+
 func decodeBody(r *http.Request, v any) *Error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	lr := &io.LimitedReader{R: r.Body, N: maxBody + 1}
+	dec := json.NewDecoder(lr)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if lr.N <= 0 {
+		return &Error{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("request body larger than %d bytes", maxBody), Hint: "send one small JSON object"}
+	}
+	if err != nil {
 		return BadRequest("send a JSON object", "bad request body: %v", err)
+	}
+	if dec.More() {
+		return BadRequest("send exactly one JSON object", "bad request body: data after the JSON object")
 	}
 	return nil
 }
