@@ -132,7 +132,7 @@ func Open(node, path string, opts ...Option) (*Store, error) {
 	}
 	recs, err := Decode(data)
 	if err != nil {
-		return nil, fmt.Errorf("runtime state %s: %w", path, err)
+		return nil, fmt.Errorf("runtime state %s: %w (fix it, or move it aside to start without this director's operator overrides; in a cluster the peers send theirs back)", path, err)
 	}
 	for _, r := range recs {
 		s.setLocked(r)
