@@ -231,7 +231,16 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 		if _, ok := entries[key]; ok {
 			continue
 		}
-		if ks, ok := inKernel[key]; ok {
+		ks, ok := inKernel[key]
+		if !ok {
+			// Missing from the dump: it may have skipped the service (see
+			// Resync). Deleting needs the key only.
+			if _, err := r.dp.Destinations(ctx, key); err != nil {
+				continue // ESRCH: gone; another error: leave it, as unowned
+			}
+			ks, ok = Service{Key: key}, true
+		}
+		if ok {
 			e := &entry{key: key, present: true, have: DesiredService{Service: ks}}
 			entries[key] = e
 			list = append(list, e)
@@ -443,15 +452,35 @@ func (r *Reconciler) Resync(ctx context.Context) (Result, error) {
 		}
 		reads = append(reads, destRead{key, dests})
 	}
-
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.stats.Resyncs++
 	inKernel := make(map[ServiceKey]Service, len(kernel))
 	for _, s := range kernel {
 		s.Flags &^= FlagHashed
 		inKernel[s.Key] = s
 	}
+	// A dump resumes by position in a table every namespace shares: a
+	// service added or deleted elsewhere meanwhile (kube-proxy, docker) can
+	// make it skip one of ours. Ask before calling one missing.
+	r.mu.Lock()
+	var absent []ServiceKey
+	for key, e := range r.entries {
+		if _, found := inKernel[key]; e.present && !found && e.touched <= start {
+			absent = append(absent, key)
+		}
+	}
+	r.mu.Unlock()
+	skipped := map[ServiceKey]bool{}
+	for _, key := range absent {
+		if _, err := r.dp.Destinations(ctx, key); err == nil {
+			skipped[key] = true
+		} else if !errors.Is(err, syscall.ESRCH) {
+			skipped[key] = true // unknown: not proof it is gone
+			readErrs = append(readErrs, fmt.Errorf("look up %s, missing from the dump: %w", key, err))
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats.Resyncs++
 	drift := make(map[ServiceKey]string)
 	for key, e := range r.entries {
 		if e.touched > start {
@@ -459,6 +488,8 @@ func (r *Reconciler) Resync(ctx context.Context) (Result, error) {
 		}
 		ks, found := inKernel[key]
 		switch {
+		case e.present && !found && skipped[key]:
+			// There after all; compared at the next resync.
 		case e.present && !found:
 			drift[key] = "service missing from the kernel"
 			e.present, e.have, e.inSync = false, DesiredService{}, false

@@ -946,3 +946,47 @@ func TestAdoptWriteFailureIsAWriteError(t *testing.T) {
 		t.Fatalf("adopt with a failed read: %v, want an error that is not a WriteError", err)
 	}
 }
+
+// TestDumpThatSkipsAServiceChangesNothing: a kernel dump can skip a service
+// when another namespace changes the shared table meanwhile. Resync asks
+// before calling one of ours missing (no re-add, no drift), and Adopt still
+// deletes an orphan it owned that the dump skipped.
+func TestDumpThatSkipsAServiceChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	fake := dptest.New()
+	r, logs := newReconciler(t, fake)
+	set := seedSet()
+	if _, err := r.Sync(ctx, set); err != nil {
+		t.Fatal(err)
+	}
+	skipped := set[2].Service.Key
+	fake.SkipInDump(func(k director.ServiceKey) bool { return k == skipped })
+	fake.ResetWrites()
+	res, err := r.Resync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := fake.Writes(); len(w) != 0 || res.Drift != 0 {
+		t.Fatalf("resync over a dump that skipped %s: drift %d, wrote:\n%s", skipped, res.Drift, opsString(w))
+	}
+	if strings.Contains(logs.String(), "missing from the kernel") {
+		t.Errorf("a skipped service was reported missing:\n%s", logs)
+	}
+	// A new run owning all of set, now wanting all but the skipped one.
+	r2, _ := newReconciler(t, fake)
+	var keys []director.ServiceKey
+	for _, d := range set {
+		keys = append(keys, d.Service.Key)
+	}
+	var rest []director.DesiredService
+	for _, d := range set {
+		if d.Service.Key != skipped {
+			rest = append(rest, d)
+		}
+	}
+	if _, err := r2.Adopt(ctx, rest, keys); err != nil {
+		t.Fatal(err)
+	}
+	fake.SkipInDump(nil)
+	wantTable(t, fake, rest)
+}

@@ -28,6 +28,7 @@ type Fake struct {
 	fault    func(director.Op) error
 	reads    Reads
 	failRead error
+	skipDump func(director.ServiceKey) bool
 }
 
 type service struct {
@@ -164,6 +165,9 @@ func (f *Fake) Services(ctx context.Context) ([]director.Service, error) {
 	}
 	out := make([]director.Service, 0, len(f.svcs))
 	for _, s := range f.svcs {
+		if f.skipDump != nil && f.skipDump(s.svc.Key) {
+			continue
+		}
 		svc := s.svc
 		svc.Flags |= director.FlagHashed
 		out = append(out, svc)
@@ -229,6 +233,14 @@ func (f *Fake) SetFault(fn func(director.Op) error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fault = fn
+}
+
+// SkipInDump makes Services leave out the services skip matches, as a
+// kernel dump does when the table changes under it; nil restores it.
+func (f *Fake) SkipInDump(skip func(director.ServiceKey) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.skipDump = skip
 }
 
 // FailReads makes Services and Destinations fail with err; nil restores them.
