@@ -28,8 +28,11 @@ var schedulerFlags = map[string]string{
 	"mh-fallback": "mh", "mh-port": "mh",
 }
 
-// maxPersistence is the largest timeout the kernel's u32 seconds can hold.
-const maxPersistence = math.MaxUint32 * time.Second
+// maxPersistence is the largest timeout the kernel keeps exactly: it
+// stores seconds × HZ in 32 bits, so above this (with HZ up to 1000) the
+// value read back differs from the one written and every resync would
+// "repair" it.
+const maxPersistence = math.MaxUint32 / 1000 * time.Second
 
 func (d *decoder) service(r *reader) *Service {
 	s := &Service{Pos: r.tablePos(), at: make(positions, 0, 8)}
@@ -142,7 +145,7 @@ func (d *decoder) service(r *reader) *Service {
 	case hasPers && r.has("persistent") && !persistent:
 		d.e.at(r.pos("persistent"), "%s: persistent = false conflicts with persistence = %q", label, pers)
 	case hasPers && (pers < time.Second || pers%time.Second != 0 || pers > maxPersistence):
-		d.e.at(r.pos("persistence"), "service.persistence: %s must be a whole number of seconds from 1s (the kernel counts seconds)", pers)
+		d.e.at(r.pos("persistence"), "service.persistence: %s must be a whole number of seconds from 1s to %s (the kernel counts seconds, in 32-bit jiffies)", pers, maxPersistence)
 	case hasPers:
 		s.Persistence = pers
 	case persistent:

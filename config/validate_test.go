@@ -292,7 +292,17 @@ address = "198.18.1.2"
 port = 80
 persistence = "60s"
 @@persistent = false
-`, []string{"must be a whole number of seconds", "persistent = false conflicts with persistence"}},
+[[service]]
+name = "c"
+address = "198.18.1.3"
+port = 80
+@@persistence = "4294968s"
+[[service]]
+name = "d"
+address = "198.18.1.4"
+port = 80
+persistence = "4294967s"
+`, []string{"must be a whole number of seconds", "persistent = false conflicts with persistence", "from 1s to 1193h2m47s"}},
 	{"schedulers", `
 [[service]]
 name = "a"

@@ -14,7 +14,7 @@ const (
 	maxWeight      = 65535
 	maxNameLen     = 15 // IP_VS_SCHEDNAME_MAXLEN / IP_VS_PENAME_MAXLEN minus NUL
 	knownSvcFlags  = FlagPersistent | FlagOnePacket | FlagSchedSH1 | FlagSchedSH2 | FlagSchedSH3
-	maxTimeoutSecs = 1<<32 - 1
+	maxTimeoutSecs = (1<<32 - 1) / 1000 // the kernel keeps seconds × HZ (≤ 1000) in 32 bits
 )
 
 // Validate reports what is wrong with a service key, or nil.
