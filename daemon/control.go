@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/lvsd/lvsd/api"
@@ -77,19 +79,9 @@ func (c controller) Connections(ctx context.Context, client netip.Addr, limit in
 // connections reads the kernel's connection table (off the loop: it can
 // hold millions of entries) and names the lvsd service of each entry.
 func (e *engine) connections(ctx context.Context, client netip.Addr, limit int) ([]api.Conn, error) {
-	var byVIP map[netip.AddrPort]string
-	var byMark map[uint32]string
+	var nameOf func(ipvsconn.Conn) string
 	witness := e.opts.Witness
-	if err := e.do(ctx, func() {
-		byVIP, byMark = map[netip.AddrPort]string{}, map[uint32]string{}
-		for _, s := range e.cfg.Services {
-			if s.FWMark != 0 {
-				byMark[s.FWMark] = s.Name
-			} else {
-				byVIP[netip.AddrPortFrom(s.Address, s.Port)] = s.Name
-			}
-		}
-	}); err != nil {
+	if err := e.do(ctx, func() { nameOf = serviceNamer(e.cfg.Services) }); err != nil {
 		return nil, err
 	}
 	if witness {
@@ -112,6 +104,37 @@ func (e *engine) connections(ctx context.Context, client netip.Addr, limit int) 
 	}
 	out := make([]api.Conn, 0, len(conns))
 	for _, c := range conns {
+		name := nameOf(c)
+		out = append(out, api.Conn{Service: name, Protocol: c.Protocol, Client: c.Client.String(), Virtual: c.Virtual.String(),
+			Backend: c.Dest.String(), State: c.State, Expires: c.Expires.Seconds(), Template: c.Template()})
+	}
+	return out, nil
+}
+
+// serviceNamer names the service of a connection-table entry ("" when
+// none of services matches).
+func serviceNamer(services []*config.Service) func(ipvsconn.Conn) string {
+	type markKey struct {
+		v6   bool
+		mark uint32
+	}
+	type marked struct { // traffic a fwmark service marks itself (its mark = {...})
+		name string
+		mark *config.Mark
+	}
+	byVIP, byMark := map[netip.AddrPort]string{}, map[markKey]string{}
+	var marks []marked
+	for _, s := range services {
+		if s.FWMark != 0 {
+			byMark[markKey{s.Family == config.IPv6, s.FWMark}] = s.Name
+			if s.Mark != nil {
+				marks = append(marks, marked{s.Name, s.Mark})
+			}
+		} else {
+			byVIP[netip.AddrPortFrom(s.Address, s.Port)] = s.Name
+		}
+	}
+	return func(c ipvsconn.Conn) string {
 		name := byVIP[c.Virtual]
 		if name == "" {
 			name = byVIP[netip.AddrPortFrom(c.Virtual.Addr(), 0)] // a port-0 (PCC) service
@@ -119,12 +142,19 @@ func (e *engine) connections(ctx context.Context, client netip.Addr, limit int) 
 		if name == "" && c.Protocol == "IP" {
 			// A fwmark template holds the mark in its address's first 32 bits.
 			a := c.Virtual.Addr().AsSlice()
-			name = byMark[binary.BigEndian.Uint32(a[:4])]
+			name = byMark[markKey{c.Virtual.Addr().Is6(), binary.BigEndian.Uint32(a[:4])}]
 		}
-		out = append(out, api.Conn{Service: name, Protocol: c.Protocol, Client: c.Client.String(), Virtual: c.Virtual.String(),
-			Backend: c.Dest.String(), State: c.State, Expires: c.Expires.Seconds(), Template: c.Template()})
+		for i := 0; name == "" && i < len(marks); i++ {
+			// A fwmark service's connection shows the address and port the
+			// client reached: the service's own mark rule says which.
+			m := marks[i].mark
+			if strings.EqualFold(c.Protocol, string(m.Protocol)) && m.Destination.Contains(c.Virtual.Addr()) &&
+				(len(m.Ports) == 0 || slices.Contains(m.Ports, c.Virtual.Port())) {
+				name = marks[i].name
+			}
+		}
+		return name
 	}
-	return out, nil
 }
 
 // backendAction applies an operator action to one backend: it becomes a
