@@ -81,6 +81,9 @@ type engine struct {
 	overrides map[string]groupOverride
 	reqs      chan func()
 	loopCtx   context.Context
+	// repeated remembers the last error logged per subject, so a write the
+	// kernel keeps refusing is logged once, not at every retry.
+	repeated map[string]string
 
 	// loop-owned
 	loader   config.Loader
@@ -692,9 +695,7 @@ func (e *engine) syncService(ctx context.Context, s *config.Service) {
 	}
 	res, err := e.rec.SyncService(ctx, d)
 	e.countOps()
-	if err != nil {
-		e.log.Error("sync service", "service", s.Name, "err", err)
-	}
+	e.logOnce(slog.LevelError, "sync service "+s.Name, "sync service", err, "service", s.Name)
 	if res.Pending == 0 {
 		e.inKernel[s.Name] = d
 	} else {
@@ -745,15 +746,34 @@ func (e *engine) resync() {
 	}
 	res, err := e.rec.Resync(e.loopCtx)
 	e.countOps()
-	if err != nil {
-		e.log.Warn("IPVS resync", "err", err)
-	}
+	e.logOnce(slog.LevelWarn, "resync", "IPVS resync", err)
 	if res.Drift > 0 {
 		e.log.Warn("IPVS drift repaired", "drifted", res.Drift, "writes", res.Ops.Total(), "failed", res.Failed.Total())
 		e.events.add(api.Event{Kind: "reconcile", Subject: "ipvs", To: "repaired", Reason: fmt.Sprintf("%d drifted objects repaired", res.Drift)})
 		clear(e.inKernel)
 	}
 	e.saveOwned()
+}
+
+// logOnce logs err at level the first time subject fails with it, at debug
+// while it fails the same way (every resync retries a refused write), and
+// at info once subject succeeds again (err nil). Runs on the loop.
+func (e *engine) logOnce(level slog.Level, subject, msg string, err error, args ...any) {
+	prev, failing := e.repeated[subject]
+	switch {
+	case err == nil && failing:
+		delete(e.repeated, subject)
+		e.log.Info(msg+": succeeded again", append(args, "after", prev)...)
+	case err == nil:
+	case failing && prev == err.Error():
+		e.log.Debug(msg+": still failing", append(args, "err", err)...)
+	default:
+		if e.repeated == nil {
+			e.repeated = map[string]string{}
+		}
+		e.repeated[subject] = err.Error()
+		e.log.Log(context.Background(), level, msg, append(args, "err", err)...)
+	}
 }
 
 // Owned services are persisted so that a service deleted from the config

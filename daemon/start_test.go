@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"strings"
 	"syscall"
 	"testing"
@@ -46,4 +48,28 @@ func TestStartSurvivesAFailedWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.eventually("the service is written with the next change", func() bool { w, ok := r.dests()["198.18.1.65"]; return ok && w == 0 })
+}
+
+// TestLogOnce: a failure logged once at its level, then at debug while it
+// repeats, again when it changes, and one info line when it clears.
+func TestLogOnce(t *testing.T) {
+	var buf syncBuffer
+	e := &engine{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	refused := errors.New("no such file or directory")
+	for range 3 {
+		e.logOnce(slog.LevelError, "sync service web", "sync service", refused, "service", "web")
+	}
+	e.logOnce(slog.LevelError, "sync service web", "sync service", errors.New("invalid argument"), "service", "web")
+	e.logOnce(slog.LevelError, "sync service web", "sync service", nil, "service", "web")
+	e.logOnce(slog.LevelError, "sync service web", "sync service", nil, "service", "web")
+	got := buf.String()
+	if n := strings.Count(got, "no such file"); n != 1 {
+		t.Errorf("a repeated error logged %d times, want once:\n%s", n, got)
+	}
+	if n := strings.Count(got, "level=ERROR"); n != 2 {
+		t.Errorf("%d error lines, want 2 (the first error, the changed one):\n%s", n, got)
+	}
+	if n := strings.Count(got, "succeeded again"); n != 1 {
+		t.Errorf("%d recovery lines, want 1:\n%s", n, got)
+	}
 }
