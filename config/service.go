@@ -263,6 +263,59 @@ func parseProtocol(s string) (Protocol, bool) {
 	return "", false
 }
 
+// tunnel reads a tunnel backend's encapsulation (keepalived's tunnel_type,
+// tunnel_port, tunnel_checksum). Errors point at the key concerned.
+func (d *decoder) tunnel(r *reader, b *Backend, label serviceLabel) {
+	typ, hasType := r.str("tunnel_type")
+	port, hasPort := r.integer("tunnel_port", 1, 65535)
+	sum, hasSum := r.str("tunnel_checksum")
+	if !hasType && !hasPort && !hasSum && !r.has("tunnel_type") && !r.has("tunnel_port") && !r.has("tunnel_checksum") {
+		return
+	}
+	if b.Forward != ForwardTunnel {
+		key := "tunnel_type"
+		for _, k := range []string{"tunnel_type", "tunnel_port", "tunnel_checksum"} {
+			if r.has(k) {
+				key = k
+				break
+			}
+		}
+		d.e.at(r.pos(key), "%s: service.backend.%s needs forward = \"tunnel\" (backend %s forwards by %s)", label, key, b.Address, b.Forward)
+		return
+	}
+	b.TunnelType = "ipip"
+	if hasType {
+		switch typ {
+		case "ipip", "gue", "gre":
+			b.TunnelType = typ
+		default:
+			d.e.at(r.pos("tunnel_type"), "service.backend.tunnel_type: %q is not ipip, gue or gre", typ)
+			return
+		}
+	}
+	switch {
+	case b.TunnelType == "gue" && !hasPort && !r.has("tunnel_port"):
+		d.e.at(r.pos("tunnel_type"), "%s: a gue tunnel to %s needs tunnel_port (the real server's GUE UDP port)", label, b.Address)
+	case b.TunnelType != "gue" && hasPort:
+		d.e.at(r.pos("tunnel_port"), "service.backend.tunnel_port: only a gue tunnel has a port (tunnel_type is %s)", b.TunnelType)
+	case hasPort:
+		b.TunnelPort = uint16(port)
+	}
+	b.TunnelChecksum = "none"
+	if hasSum {
+		switch {
+		case sum != "none" && sum != "csum" && sum != "remcsum":
+			d.e.at(r.pos("tunnel_checksum"), "service.backend.tunnel_checksum: %q is not none, csum or remcsum", sum)
+		case sum == "remcsum" && b.TunnelType != "gue":
+			d.e.at(r.pos("tunnel_checksum"), "service.backend.tunnel_checksum: remcsum (remote checksum offload) is for gue tunnels only")
+		case sum != "none" && b.TunnelType == "ipip":
+			d.e.at(r.pos("tunnel_checksum"), "service.backend.tunnel_checksum: ipip tunnels carry no checksum (use gue or gre)")
+		default:
+			b.TunnelChecksum = sum
+		}
+	}
+}
+
 func parseForward(s string) (Forward, bool) {
 	switch Forward(s) {
 	case ForwardDR, ForwardNAT, ForwardTunnel:
@@ -449,6 +502,8 @@ func (d *decoder) backend(r *reader, b *Backend, s *Service, label serviceLabel,
 	case lower > upper:
 		d.e.at(r.pos("lower_threshold"), "service.backend.lower_threshold (%d) must not exceed upper_threshold (%d)", lower, upper)
 	}
+
+	d.tunnel(r, b, label)
 
 	b.Check = s.Check
 	if v := r.get("check"); v != nil {

@@ -318,7 +318,13 @@ type Backend struct {
 	Forward        Forward // default: the service's forward
 	UpperThreshold uint32  // default 0 (no limit)
 	LowerThreshold uint32  // default 0
-	Check          *Check  // the service's check, or its per-backend override
+	// Tunnel encapsulation, forward = "tunnel" only: "ipip" (the default),
+	// "gue" (needs TunnelPort) or "gre"; TunnelChecksum "none" (default),
+	// "csum" or "remcsum" (gue only).
+	TunnelType     string
+	TunnelPort     uint16
+	TunnelChecksum string
+	Check          *Check // the service's check, or its per-backend override
 	Pos            Pos
 }
 

@@ -248,6 +248,44 @@ port = 80
   @@lower_threshold = 20
 `, []string{"weight: 65536 is out of range 0..65535", "weight: -1 is out of range 0..65535",
 		"lower_threshold (20) must not exceed upper_threshold (10)", "lower_threshold needs upper_threshold"}},
+	{"tunnel encapsulation", `
+[[service]]
+name = "a"
+address = "198.18.1.1"
+port = 80
+  [[service.backend]]
+  address = "198.18.1.2"
+  @@tunnel_type = "gue"
+  [[service.backend]]
+  address = "198.18.1.3"
+  forward = "tunnel"
+  @@tunnel_type = "gue"
+  [[service.backend]]
+  address = "198.18.1.4"
+  forward = "tunnel"
+  tunnel_type = "gre"
+  @@tunnel_port = 6080
+  [[service.backend]]
+  address = "198.18.1.5"
+  forward = "tunnel"
+  @@tunnel_type = "vxlan"
+  [[service.backend]]
+  address = "198.18.1.6"
+  forward = "tunnel"
+  tunnel_type = "gre"
+  @@tunnel_checksum = "remcsum"
+  [[service.backend]]
+  address = "198.18.1.7"
+  forward = "tunnel"
+  @@tunnel_checksum = "csum"
+  [[service.backend]]
+  address = "198.18.1.8"
+  forward = "tunnel"
+  tunnel_type = "gue"
+  @@tunnel_port = 0
+`, []string{`tunnel_type needs forward = "tunnel" (backend 198.18.1.2 forwards by dr)`, "a gue tunnel to 198.18.1.3 needs tunnel_port",
+		"only a gue tunnel has a port (tunnel_type is gre)", `"vxlan" is not ipip, gue or gre`, "remcsum (remote checksum offload) is for gue tunnels only",
+		"ipip tunnels carry no checksum", "tunnel_port: 0 is out of range 1..65535"}},
 	{"persistence granularity", `
 [[service]]
 name = "a"

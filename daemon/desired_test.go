@@ -192,3 +192,51 @@ func TestRuntimeWeightOutlastsConfig(t *testing.T) {
 		t.Fatalf("weights %v, want the runtime 7 for .66 and the config's 2 for the others", w)
 	}
 }
+
+// TestTunnelDestinations: a tunnel backend's encapsulation reaches the
+// kernel-side destination (type, GUE port, checksum flags) and validates.
+func TestTunnelDestinations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lvsd.toml")
+	body := `
+[node]
+name = "d"
+[[service]]
+name = "t"
+address = "198.18.1.63"
+port = 80
+forward = "tunnel"
+  [[service.backend]]
+  address = "198.18.1.65"
+  [[service.backend]]
+  address = "198.18.1.66"
+  tunnel_type = "gue"
+  tunnel_port = 6080
+  tunnel_checksum = "remcsum"
+  [[service.backend]]
+  address = "198.18.1.67"
+  tunnel_type = "gre"
+  tunnel_checksum = "csum"
+`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var l config.Loader
+	cfg, err := l.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []director.Destination{
+		{TunnelType: director.TunnelIPIP},
+		{TunnelType: director.TunnelGUE, TunnelPort: 6080, TunnelFlags: director.TunnelRemCsum},
+		{TunnelType: director.TunnelGRE, TunnelFlags: director.TunnelCsum},
+	}
+	for i, b := range cfg.Services[0].Backends {
+		d := destOf(b)
+		if err := d.Validate(director.IPv4); err != nil {
+			t.Errorf("%s: %v", b.Address, err)
+		}
+		if d.Forward != director.ForwardTunnel || d.TunnelType != want[i].TunnelType || d.TunnelPort != want[i].TunnelPort || d.TunnelFlags != want[i].TunnelFlags {
+			t.Errorf("%s: %+v, want tunnel %s port %d flags %#x", b.Address, d, want[i].TunnelType, want[i].TunnelPort, want[i].TunnelFlags)
+		}
+	}
+}

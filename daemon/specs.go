@@ -84,13 +84,27 @@ func serviceOf(s *config.Service) director.Service {
 }
 
 func destOf(b *config.Backend) director.Destination {
-	return director.Destination{
+	d := director.Destination{
 		Key:            director.DestKey{Address: b.Address, Port: b.Port},
 		Weight:         b.Weight,
 		Forward:        forwardOf(b.Forward),
 		UpperThreshold: b.UpperThreshold,
 		LowerThreshold: b.LowerThreshold,
+		TunnelPort:     b.TunnelPort,
 	}
+	switch b.TunnelType {
+	case "gue":
+		d.TunnelType = director.TunnelGUE
+	case "gre":
+		d.TunnelType = director.TunnelGRE
+	}
+	switch b.TunnelChecksum {
+	case "csum":
+		d.TunnelFlags = director.TunnelCsum
+	case "remcsum":
+		d.TunnelFlags = director.TunnelRemCsum
+	}
+	return d
 }
 
 func policyOf(s *config.Service) policy.Policy {

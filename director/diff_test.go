@@ -194,6 +194,42 @@ func TestDiffRejectsBadInputNamingIt(t *testing.T) {
 		}())}, "granularity /0 out of range 1..128"},
 		{"fractional timeout", []director.DesiredService{desired(persistent(good, 1500*time.Millisecond))}, "not a whole number of seconds"},
 		{"thresholds", []director.DesiredService{desired(good, withThresholds(dest("198.18.2.1", 80, 1), 5, 10))}, "lower threshold 10 is above upper threshold 5"},
+		{"gue on dr", []director.DesiredService{desired(good, func() director.Destination {
+			d := dest("198.18.2.1", 80, 1)
+			d.TunnelType = director.TunnelGUE
+			d.TunnelPort = 6080
+			return d
+		}())}, "tunnel settings need tunnel forwarding, not dr"},
+		{"gue without port", []director.DesiredService{desired(good, func() director.Destination {
+			d := dest("198.18.2.1", 80, 1)
+			d.Forward = director.ForwardTunnel
+			d.TunnelType = director.TunnelGUE
+			return d
+		}())}, "a gue tunnel needs a port"},
+		{"gre with port", []director.DesiredService{desired(good, func() director.Destination {
+			d := dest("198.18.2.1", 80, 1)
+			d.Forward = director.ForwardTunnel
+			d.TunnelType, d.TunnelPort = director.TunnelGRE, 6080
+			return d
+		}())}, "tunnel port 6080: only gue has one"},
+		{"remcsum on gre", []director.DesiredService{desired(good, func() director.Destination {
+			d := dest("198.18.2.1", 80, 1)
+			d.Forward = director.ForwardTunnel
+			d.TunnelType, d.TunnelFlags = director.TunnelGRE, director.TunnelRemCsum
+			return d
+		}())}, "remcsum) is gue only"},
+		{"csum on ipip", []director.DesiredService{desired(good, func() director.Destination {
+			d := dest("198.18.2.1", 80, 1)
+			d.Forward = director.ForwardTunnel
+			d.TunnelFlags = director.TunnelCsum
+			return d
+		}())}, "ipip tunnels take no checksum flags"},
+		{"unknown tunnel type", []director.DesiredService{desired(good, func() director.Destination {
+			d := dest("198.18.2.1", 80, 1)
+			d.Forward = director.ForwardTunnel
+			d.TunnelType = 7
+			return d
+		}())}, "tunnel(7): want ipip, gue or gre"},
 		{"empty scheduler", []director.DesiredService{desired(func() director.Service { s := good; s.Scheduler = ""; return s }())}, "scheduler is empty"},
 		{"mapped address", []director.DesiredService{desired(good, dest("::ffff:198.18.2.1", 80, 1))}, "write it as 198.18.2.1"},
 	}

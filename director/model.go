@@ -81,6 +81,34 @@ func (f Forward) String() string {
 	return fmt.Sprintf("forward(%d)", uint32(f))
 }
 
+// TunnelType is a tunnel destination's encapsulation, numbered as the
+// kernel's IP_VS_CONN_F_TUNNEL_TYPE_* (Linux 5.3+ for GUE, 5.4+ for GRE).
+type TunnelType uint8
+
+const (
+	TunnelIPIP TunnelType = 0
+	TunnelGUE  TunnelType = 1
+	TunnelGRE  TunnelType = 2
+)
+
+func (t TunnelType) String() string {
+	switch t {
+	case TunnelIPIP:
+		return "ipip"
+	case TunnelGUE:
+		return "gue"
+	case TunnelGRE:
+		return "gre"
+	}
+	return fmt.Sprintf("tunnel(%d)", uint8(t))
+}
+
+// Tunnel checksum flags (IP_VS_TUNNEL_ENCAP_FLAG_*): none is 0.
+const (
+	TunnelCsum    uint16 = 1 << 0
+	TunnelRemCsum uint16 = 1 << 1 // GUE only
+)
+
 // Service flags as the kernel defines them (IP_VS_SVC_F_*).
 const (
 	FlagPersistent uint32 = 0x0001
@@ -139,6 +167,11 @@ type Destination struct {
 	Forward        Forward
 	UpperThreshold uint32
 	LowerThreshold uint32
+	// Tunnel encapsulation (ForwardTunnel only): a zero value is plain
+	// IP-in-IP. TunnelPort is GUE's UDP port; TunnelFlags its checksums.
+	TunnelType  TunnelType
+	TunnelPort  uint16
+	TunnelFlags uint16
 }
 
 // DesiredService is one virtual service with all destinations that should be
@@ -252,7 +285,11 @@ func (o Op) String() string {
 	case OpDelService:
 		return fmt.Sprintf("%s %s", o.Kind, o.Service.Key)
 	case OpAddDest, OpUpdateDest:
-		return fmt.Sprintf("%s %s (weight %d, %s) in %s", o.Kind, o.Dest.Key, o.Dest.Weight, o.Dest.Forward, o.Service.Key)
+		fwd := o.Dest.Forward.String()
+		if o.Dest.TunnelType != TunnelIPIP {
+			fwd += " " + o.Dest.TunnelType.String()
+		}
+		return fmt.Sprintf("%s %s (weight %d, %s) in %s", o.Kind, o.Dest.Key, o.Dest.Weight, fwd, o.Service.Key)
 	case OpDelDest:
 		return fmt.Sprintf("%s %s in %s", o.Kind, o.Dest.Key, o.Service.Key)
 	}

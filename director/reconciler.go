@@ -1058,9 +1058,14 @@ func describeDestDrift(had, got []Destination) string {
 		case !ok:
 			parts = append(parts, fmt.Sprintf("%s unexpected (weight %d)", d.Key, d.Weight))
 		case old != d:
-			parts = append(parts, fmt.Sprintf("%s weight %d -> %d, %s -> %s, thresholds %d/%d -> %d/%d",
+			part := fmt.Sprintf("%s weight %d -> %d, %s -> %s, thresholds %d/%d -> %d/%d",
 				d.Key, old.Weight, d.Weight, old.Forward, d.Forward,
-				old.UpperThreshold, old.LowerThreshold, d.UpperThreshold, d.LowerThreshold))
+				old.UpperThreshold, old.LowerThreshold, d.UpperThreshold, d.LowerThreshold)
+			if old.TunnelType != d.TunnelType || old.TunnelPort != d.TunnelPort || old.TunnelFlags != d.TunnelFlags {
+				part += fmt.Sprintf(", tunnel %s:%d/%#x -> %s:%d/%#x", old.TunnelType, old.TunnelPort, old.TunnelFlags,
+					d.TunnelType, d.TunnelPort, d.TunnelFlags)
+			}
+			parts = append(parts, part)
 		}
 	}
 	missing := make([]Destination, 0, len(h))

@@ -124,6 +124,23 @@ func (d Destination) Validate(family Family) error {
 	if d.LowerThreshold > d.UpperThreshold {
 		return fmt.Errorf("lower threshold %d is above upper threshold %d", d.LowerThreshold, d.UpperThreshold)
 	}
+	tunneled := d.TunnelType != TunnelIPIP || d.TunnelPort != 0 || d.TunnelFlags != 0
+	switch {
+	case tunneled && d.Forward != ForwardTunnel:
+		return fmt.Errorf("tunnel settings need tunnel forwarding, not %s", d.Forward)
+	case d.TunnelType > TunnelGRE:
+		return fmt.Errorf("%s: want ipip, gue or gre", d.TunnelType)
+	case d.TunnelType == TunnelGUE && d.TunnelPort == 0:
+		return errors.New("a gue tunnel needs a port")
+	case d.TunnelType != TunnelGUE && d.TunnelPort != 0:
+		return fmt.Errorf("tunnel port %d: only gue has one", d.TunnelPort)
+	case d.TunnelFlags&^(TunnelCsum|TunnelRemCsum) != 0:
+		return fmt.Errorf("unknown tunnel flags %#x", d.TunnelFlags)
+	case d.TunnelFlags&TunnelRemCsum != 0 && d.TunnelType != TunnelGUE:
+		return errors.New("remote checksum offload (remcsum) is gue only")
+	case d.TunnelFlags != 0 && d.TunnelType == TunnelIPIP:
+		return errors.New("ipip tunnels take no checksum flags")
+	}
 	return nil
 }
 

@@ -78,6 +78,9 @@ func toNLDest(d director.Destination) (ipvsnl.Destination, error) {
 		Weight:         int32(d.Weight),
 		UpperThreshold: d.UpperThreshold,
 		LowerThreshold: d.LowerThreshold,
+		TunnelType:     uint8(d.TunnelType),
+		TunnelPort:     d.TunnelPort,
+		TunnelFlags:    d.TunnelFlags,
 	}, nil
 }
 
@@ -88,6 +91,9 @@ func fromNLDest(d ipvsnl.Destination) director.Destination {
 		Forward:        director.Forward(d.Forward),
 		UpperThreshold: d.UpperThreshold,
 		LowerThreshold: d.LowerThreshold,
+		TunnelType:     director.TunnelType(d.TunnelType),
+		TunnelPort:     d.TunnelPort,
+		TunnelFlags:    d.TunnelFlags,
 	}
 }
 

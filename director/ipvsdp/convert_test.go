@@ -104,6 +104,12 @@ func TestOpMapping(t *testing.T) {
 			}
 		}
 	}
+	tun := director.Destination{Key: director.DestKey{Address: netip.MustParseAddr("198.18.2.2")}, Weight: 1, Forward: director.ForwardTunnel,
+		TunnelType: director.TunnelGUE, TunnelPort: 6080, TunnelFlags: director.TunnelRemCsum}
+	if o, err := toNLOp(director.Op{Kind: director.OpUpdateDest, Service: svc, Dest: tun}); err != nil || o.Dest.TunnelType != ipvsnl.TunnelGUE ||
+		o.Dest.TunnelPort != 6080 || o.Dest.TunnelFlags != 2 || fromNLDest(o.Dest) != tun {
+		t.Errorf("tunnel dest maps to %+v (%v), round trip %+v", o.Dest, err, fromNLDest(o.Dest))
+	}
 	if _, err := toNLOp(director.Op{Kind: 42, Service: svc}); err == nil || !strings.Contains(err.Error(), "unknown op kind 42") {
 		t.Errorf("unknown kind: %v", err)
 	}

@@ -161,6 +161,46 @@ func TestLabSeedThroughDataplane(t *testing.T) {
 	}
 }
 
+// TestLabTunnelTypes: GUE and GRE tunnel destinations go to the kernel
+// with their port and checksum flags and read back the same, and a weight
+// change (a set-dest) keeps the encapsulation.
+func TestLabTunnelTypes(t *testing.T) {
+	_, dp := newDir(t)
+	svc := director.Service{Key: director.ServiceKey{Family: director.IPv4, Protocol: director.TCP, Address: netip.MustParseAddr("198.18.1.70"), Port: 80},
+		Scheduler: "rr", PersistenceBits: 32}
+	dest := func(a string, typ director.TunnelType, port, flags uint16) director.Destination {
+		return director.Destination{Key: director.DestKey{Address: netip.MustParseAddr(a), Port: 80}, Weight: 1, Forward: director.ForwardTunnel,
+			TunnelType: typ, TunnelPort: port, TunnelFlags: flags}
+	}
+	want := []director.Destination{
+		dest("198.18.1.65", director.TunnelIPIP, 0, 0),
+		dest("198.18.1.66", director.TunnelGUE, 6080, director.TunnelCsum),
+		dest("198.18.1.67", director.TunnelGRE, 0, director.TunnelCsum),
+	}
+	if errs := dp.Apply(ctxT(t), addOps([]director.DesiredService{{Service: svc, Destinations: want}})); errs != nil {
+		t.Fatalf("Apply: %v", errors.Join(errs...))
+	}
+	read := func() []director.Destination {
+		t.Helper()
+		ds, err := dp.Destinations(ctxT(t), svc.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(ds, func(a, b director.Destination) int { return a.Key.Compare(b.Key) })
+		return ds
+	}
+	if got := read(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("tunnel destinations read back as\n%+v\nwant\n%+v", got, want)
+	}
+	want[1].Weight = 5
+	if errs := dp.Apply(ctxT(t), []director.Op{{Kind: director.OpUpdateDest, Service: svc, Dest: want[1]}}); errs != nil {
+		t.Fatalf("update: %v", errors.Join(errs...))
+	}
+	if got := read(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a weight change:\n%+v\nwant\n%+v", got, want)
+	}
+}
+
 // TestLabErrnoContract checks the answers the reconciler relies on to learn
 // about drift without a dump (see director.Dataplane).
 func TestLabErrnoContract(t *testing.T) {
