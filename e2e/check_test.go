@@ -208,7 +208,8 @@ interface = "eth0"
 bind = "198.18.0.11:7946"
 peers = ["198.18.0.12:7946"]
 insecure = true
-members = ["director-a", "director-b"]
+members = ["director-a", "director-b", "witness-1"]
+witnesses = ["witness-1"]
 
 @@[[vip_group]]
 name = "group-00"

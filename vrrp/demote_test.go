@@ -1,8 +1,11 @@
 package vrrp
 
 import (
+	"context"
+	"fmt"
 	"maps"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -197,5 +200,58 @@ func TestPublishStampsOnlyForPeersThatReadThem(t *testing.T) {
 	e.publish(views, false)
 	if v, _ := sent(); v != 1 {
 		t.Fatalf("while starting: version %d, want 1", v)
+	}
+}
+
+// TestHeartbeatVotesOnlyWithWitnesses: votes are sent only when witnesses
+// make them count, and a heartbeat that cannot be encoded is not replaced
+// by the previous one (peers would keep its stale claims): nothing is sent.
+func TestHeartbeatVotesOnlyWithWitnesses(t *testing.T) {
+	for _, witnesses := range [][]string{nil, {"w"}} {
+		spec := Spec{Node: NodeSpec{Name: "a", Interface: "lo"},
+			Cluster: &ClusterSpec{Bind: "127.0.0.1:7946", Insecure: true, Members: []string{"a", "b", "w"}, Witnesses: witnesses},
+			Groups:  []GroupSpec{{Name: "web", Addresses: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/32")}, Priority: 100}}}
+		n, err := New(spec, discardLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.send = func([]byte) {}
+		n.addrs, n.announcer = &fakeAddrs{}, &fakeAnnouncer{} // it becomes master: nothing real
+		n.queue, n.notes["web"] = newSerialQueue(), newSerialQueue()
+		g := &groupRT{spec: &n.spec.Groups[0], role: RoleBackup}
+		e := &engine{n: n, groups: []*groupRT{g},
+			ts: trackState{links: map[string]bool{"lo": true}, scripts: map[string]bool{}, services: map[string]bool{}},
+			// b alive: with the witness, two of three members make a quorum.
+			peers:    map[string]*peerState{"b": {lastSeen: t0, groups: map[string]GroupView{"web": cand(50, false)}}},
+			aliveSet: map[string]bool{"b": true}}
+		e.evaluate(t0)
+		g.stopAnnouncing()
+		n.queue.close(context.Background())
+		n.notes["web"].close(context.Background())
+		var h Heartbeat
+		if err := h.UnmarshalBinary(*n.tmpl.Load()); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := h.Groups["web"].Vote, map[bool]string{false: "", true: "a"}[witnesses != nil]; got != want {
+			t.Errorf("witnesses %v: vote %q, want %q", witnesses, got, want)
+		}
+	}
+	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.send = func([]byte) {}
+	e := &engine{n: n, aliveSet: map[string]bool{}, peers: map[string]*peerState{}}
+	e.publish(map[string]GroupView{"web": {Candidate: true, Claim: true}}, false)
+	if n.tmpl.Load() == nil {
+		t.Fatal("no heartbeat for a small view")
+	}
+	huge := map[string]GroupView{}
+	for i := range 60 {
+		huge[fmt.Sprintf("group-with-a-long-name-%02d", i)] = GroupView{Candidate: true, Vote: strings.Repeat("v", 60)}
+	}
+	e.publish(huge, false)
+	if n.tmpl.Load() != nil {
+		t.Fatal("a heartbeat that does not encode left the previous one to be sent")
 	}
 }

@@ -161,12 +161,13 @@ func TestHeartbeatReadsVersion1(t *testing.T) {
 }
 
 // TestSpecRejectsOversizedHeartbeat: groups whose heartbeat (every group
-// demoted) cannot fit one packet are refused when the spec is checked,
-// not found out when a demotion fails to encode; the bound is exact.
+// demoted, voting) cannot fit one packet are refused when the spec is
+// checked, not found out when a demotion fails to encode.
 func TestSpecRejectsOversizedHeartbeat(t *testing.T) {
 	spec := func(groups int) Spec {
 		s := Spec{Node: NodeSpec{Name: "director-a", Interface: "lo"},
-			Cluster: &ClusterSpec{Bind: "127.0.0.1:7946", Insecure: true, Members: []string{"director-a", "director-b"}}}
+			Cluster: &ClusterSpec{Bind: "127.0.0.1:7946", Insecure: true, Members: []string{"director-a", "director-b", "witness-1"},
+				Witnesses: []string{"witness-1"}}} // with witnesses, votes are sent
 		for i := range groups {
 			s.Groups = append(s.Groups, GroupSpec{Name: fmt.Sprintf("group-%02d", i), Priority: 100,
 				Addresses: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 9, byte(i + 1)}), 32)}})

@@ -901,9 +901,14 @@ func (e *engine) evaluate(now time.Time) {
 	}
 	res, st := Elect(in, e.st)
 	e.st, e.wake = st, res.NextWake
+	// Votes count only with witnesses (a majority is required then): without
+	// them they are left out, which also keeps the heartbeat small.
+	votes := n.spec.Cluster != nil && len(n.spec.Cluster.Witnesses) > 0
 	views := map[string]GroupView{}
-	for g, v := range res.Votes {
-		views[g] = GroupView{Vote: v}
+	if votes {
+		for g, v := range res.Votes {
+			views[g] = GroupView{Vote: v}
+		}
 	}
 	for i, d := range res.Decisions {
 		g := e.groups[i]
@@ -917,8 +922,10 @@ func (e *engine) evaluate(now time.Time) {
 			n.log.Info("re-announcing: peer back", "group", g.spec.Name, "peers", returned)
 			g.kick()
 		}
-		v := GroupView{Candidate: true, Priority: g.prio, Fault: g.fault,
-			Claim: g.claiming, Want: d.Want, Vote: res.Votes[g.spec.Name]}
+		v := GroupView{Candidate: true, Priority: g.prio, Fault: g.fault, Claim: g.claiming, Want: d.Want}
+		if votes {
+			v.Vote = res.Votes[g.spec.Name]
+		}
 		if g.override == OverrideDemote {
 			v.Yield, v.YieldSince = true, g.overSince.UnixNano()
 		}
@@ -1021,8 +1028,11 @@ func (e *engine) publish(views map[string]GroupView, force bool) {
 	h := Heartbeat{Name: n.spec.Node.Name, Boot: n.boot, Groups: views, Digest: dig, Releasing: e.released, V1Only: v1Only}
 	b, err := h.MarshalBinary()
 	if err != nil {
-		// Nothing recorded: the next evaluation tries again.
-		n.log.Error("encoding heartbeat", "err", err)
+		// Stop sending rather than repeat an old heartbeat (its claims may
+		// be stale): peers count this node dead. Nothing recorded, so the
+		// next evaluation tries again.
+		n.log.Error("encoding heartbeat: not sending any", "err", err)
+		n.tmpl.Store(nil)
 		return
 	}
 	e.lastViews, e.lastDig, e.lastV1Only = views, dig, v1Only

@@ -337,12 +337,16 @@ func (c *ClusterSpec) validate(self string) []error {
 }
 
 // heartbeatSize is the largest heartbeat this node's own groups make: every
-// group demoted (stamped) and voting for the longest member name, with an
-// 8-byte digest. (Votes for groups only peers hold come on top.)
+// group demoted (stamped), with an 8-byte digest, and with witnesses (only
+// then are votes sent) a vote for the longest member name. (Votes for
+// groups only peers hold come on top; a witness holds none.)
 func (s *Spec) heartbeatSize() int {
-	vote := len(s.Node.Name)
-	for _, m := range s.Cluster.Members {
-		vote = max(vote, len(m))
+	vote := 0
+	if len(s.Cluster.Witnesses) > 0 {
+		vote = len(s.Node.Name)
+		for _, m := range s.Cluster.Members {
+			vote = max(vote, len(m))
+		}
 	}
 	size := 3 + 8 + 8 + 1 + len(s.Node.Name) + 1 + 1 + 8 // kind, version, flags, boot, seq, name, group count, digest
 	for _, g := range s.Groups {
