@@ -151,6 +151,8 @@ func TestBadRequestsReachNoController(t *testing.T) {
 		{"POST", "/v1/backend/drain", `{"service":"web","backend":"x","weight":3}`, "weight given to drain"},
 		{"POST", "/v1/backend/drain", `not json`, "bad request body"},
 		{"POST", "/v1/backend/drain", `{"service":"web","backend":"198.18.1.65"} {"service":"db"}`, "data after the JSON object"},
+		{"POST", "/v1/backend/drain", `{"service":"web","backend":"198.18.1.65"}}`, "data after the JSON object"},
+		{"POST", "/v1/backend/drain", `{"service":"web","backend":"198.18.1.65"} ]]garbage`, "data after the JSON object"},
 		{"POST", "/v1/backend/drain", `{"service":"web","backend":"` + strings.Repeat("x", 1<<20) + `"}`, "request body larger than 1048576 bytes"},
 		{"POST", "/v1/group/failover", `{}`, "group is required"},
 		{"POST", "/v1/group/teleport", `{"group":"web"}`, "unknown group action"},

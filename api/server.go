@@ -367,7 +367,7 @@ func decodeBody(r *http.Request, v any) *Error {
 	if err != nil {
 		return BadRequest("send a JSON object", "bad request body: %v", err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != io.EOF {
 		return BadRequest("send exactly one JSON object", "bad request body: data after the JSON object")
 	}
 	return nil
