@@ -205,6 +205,10 @@ func (e *engine) backendAction(action string, req api.BackendRequest) (api.Backe
 		if !inView || view.Origin == "runtime" {
 			rec.Added = true
 			rec.Weight = config.DefaultWeight
+		} else {
+			// The config has it (it may have gained it since a runtime add):
+			// back in, with the config's weight.
+			rec.Added, rec.Weight = false, 0
 		}
 		if req.Weight != nil {
 			if !rec.Added {
@@ -229,6 +233,9 @@ func (e *engine) backendAction(action string, req api.BackendRequest) (api.Backe
 	case "remove":
 		rec.Removed = true
 		rec.Admin = opstate.AdminNone
+		if inView && view.Origin == "config" {
+			rec.Added, rec.Weight = false, 0 // a runtime weight lasts until remove
+		}
 	default:
 		return api.Backend{}, api.BadRequest("", "unknown action %q", action)
 	}

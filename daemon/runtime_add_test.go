@@ -88,3 +88,40 @@ func TestRuntimeAddNeedsCheckPort(t *testing.T) {
 		t.Errorf("no error logged for the unchecked backend:\n%s", r.logs)
 	}
 }
+
+// TestRuntimeWeightEndsWithRemove: a backend added at run time with a
+// weight keeps it when the config gains the backend, until remove; added
+// back, it has the config's weight, and --weight is refused (it is a
+// configured backend now).
+func TestRuntimeWeightEndsWithRemove(t *testing.T) {
+	needNetns(t)
+	setupLink(t, "198.18.1.65", "198.18.1.66")
+	listen(t, "198.18.1.65:80")
+	listen(t, "198.18.1.66:80")
+	dir := t.TempDir()
+	ctx := context.Background()
+	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
+	seven := 7
+	if _, err := r.client.Backend(ctx, "add", api.BackendRequest{Service: "web", Backend: "198.18.1.66", Weight: &seven}); err != nil {
+		t.Fatal(err)
+	}
+	r.writeConfig(backends("198.18.1.65", "198.18.1.66"))
+	if res, err := r.client.Reload(ctx); err != nil || !res.OK {
+		t.Fatalf("reload: %+v %v", res, err)
+	}
+	r.eventually("the runtime weight outlasts the config's", func() bool { return r.dests()["198.18.1.66"] == 7 })
+	for _, action := range []string{"remove", "add"} {
+		if _, err := r.client.Backend(ctx, action, api.BackendRequest{Service: "web", Backend: "198.18.1.66"}); err != nil {
+			t.Fatalf("%s: %v", action, err)
+		}
+	}
+	r.eventually("added back with the config's weight", func() bool { return r.dests()["198.18.1.66"] == 1 })
+	three := 3
+	if _, err := r.client.Backend(ctx, "remove", api.BackendRequest{Service: "web", Backend: "198.18.1.66"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.client.Backend(ctx, "add", api.BackendRequest{Service: "web", Backend: "198.18.1.66", Weight: &three}); err == nil ||
+		!strings.Contains(err.Error(), "--weight applies to new backends") {
+		t.Fatalf("add --weight of a configured backend: %v, want a refusal", err)
+	}
+}
