@@ -235,8 +235,13 @@ func (r *Reconciler) Adopt(ctx context.Context, desired []DesiredService, previo
 		if !ok {
 			// Missing from the dump: it may have skipped the service (see
 			// Resync). Deleting needs the key only.
-			if _, err := r.dp.Destinations(ctx, key); err != nil {
-				continue // ESRCH: gone; another error: leave it, as unowned
+			switch _, err := r.dp.Destinations(ctx, key); {
+			case errors.Is(err, syscall.ESRCH):
+				continue // gone
+			case err != nil:
+				// As every failed read here: forgetting an owned service
+				// would leave it in the kernel for good.
+				return Result{}, fmt.Errorf("adopt: look up %s, owned before and missing from the dump: %w", key, err)
 			}
 			ks, ok = Service{Key: key}, true
 		}
