@@ -161,6 +161,7 @@ func (e *engine) apply(cfg *config.Config) []string {
 		if ns == nil {
 			delete(e.views, s.Name)
 			delete(e.quorum, s.Name)
+			delete(e.repeated, "sync service "+s.Name) // a service of that name later logs afresh
 			changes = append(changes, "service "+s.Name+" removed"+e.orphans(s.Name, nil))
 		}
 		delete(e.inKernel, s.Name)
