@@ -4,15 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/lvsd/lvsd/director"
 	"github.com/lvsd/lvsd/director/dptest"
 	"github.com/lvsd/lvsd/healthcheck"
 	"github.com/lvsd/lvsd/metrics"
-	"github.com/lvsd/lvsd/opstate"
 )
 
 // BenchmarkMetricsSource10k is what a scrape asks of lvsd for 10,000
@@ -20,27 +17,7 @@ import (
 // State runs on the loop, IPVSStats mostly off it.
 func BenchmarkMetricsSource10k(b *testing.B) {
 	const services, dests, files = 10000, 10, 100
-	dir := b.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
-		b.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-	main := fmt.Sprintf("include = [\"conf.d/*.toml\"]\n[node]\nname = \"bench\"\nstate_dir = %q\n[ipvs]\nresync_interval = \"0s\"\n[control]\nsocket = %q\n",
-		state, filepath.Join(dir, "lvsd.sock"))
-	path := filepath.Join(dir, "lvsd.toml")
-	if err := os.WriteFile(path, []byte(main), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	for f := range files {
-		writeBigService(b, dir, f, services/files, dests, nil)
-	}
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	store, err := opstate.Open("bench", filepath.Join(state, "runtime.json"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	path, _, store := bigConfig(b, services, dests, files)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.DiscardHandler)
@@ -54,6 +31,7 @@ func BenchmarkMetricsSource10k(b *testing.B) {
 		views: map[string][]backendView{}, quorum: map[string]healthcheck.State{}, inKernel: map[string]director.DesiredService{},
 	}
 	e.metrics = metrics.New(metricsSource{e}, log)
+	var err error
 	if e.cfg, err = e.loader.Load(path); err != nil {
 		b.Fatal(err)
 	}

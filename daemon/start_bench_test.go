@@ -27,27 +27,7 @@ import (
 // writing the whole table into the in-memory kernel.
 func BenchmarkStartCold10k(b *testing.B) {
 	const services, dests, files = 10000, 10, 100
-	dir := b.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
-		b.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-	main := fmt.Sprintf("include = [\"conf.d/*.toml\"]\n[node]\nname = \"bench\"\nstate_dir = %q\n[ipvs]\nresync_interval = \"0s\"\n[control]\nsocket = %q\n",
-		state, filepath.Join(dir, "lvsd.sock"))
-	path := filepath.Join(dir, "lvsd.toml")
-	if err := os.WriteFile(path, []byte(main), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	for f := range files {
-		writeBigService(b, dir, f, services/files, dests, nil)
-	}
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	store, err := opstate.Open("bench", filepath.Join(state, "runtime.json"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	path, state, store := bigConfig(b, services, dests, files)
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 	b.ReportAllocs()
@@ -200,4 +180,33 @@ func TestComposeAllInParallel(t *testing.T) {
 			t.Errorf("no %q in:\n%.400s", want, one[strings.LastIndex(one, "up\nsvc"):])
 		}
 	}
+}
+
+// bigConfig writes a config of services × dests in files include files
+// (as the lab's 10k figures use) with a state directory, and opens its
+// operator store: the setup the 10k benchmarks share.
+func bigConfig(b *testing.B, services, dests, files int) (path, state string, store *opstate.Store) {
+	b.Helper()
+	dir := b.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	state = filepath.Join(dir, "state")
+	main := fmt.Sprintf("include = [\"conf.d/*.toml\"]\n[node]\nname = \"bench\"\nstate_dir = %q\n[ipvs]\nresync_interval = \"0s\"\n[control]\nsocket = %q\n",
+		state, filepath.Join(dir, "lvsd.sock"))
+	path = filepath.Join(dir, "lvsd.toml")
+	if err := os.WriteFile(path, []byte(main), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for f := range files {
+		writeBigService(b, dir, f, services/files, dests, nil)
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	store, err := opstate.Open("bench", filepath.Join(state, "runtime.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return path, state, store
 }
