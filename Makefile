@@ -38,7 +38,7 @@ vet:
 bench: bench-go bench-ipvs bench-health bench-failover
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem ./config ./director ./healthcheck ./daemon
+	$(GO) test -run '^$$' -bench . -benchmem ./config ./director ./healthcheck ./daemon ./metrics ./ipvsnl
 
 bench-ipvs:
 	$(GO) build -o bin/lvsd ./cmd/lvsd

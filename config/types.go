@@ -117,7 +117,8 @@ type Cluster struct {
 	Pos              Pos
 }
 
-// HostPort is a peer address: an IP or a DNS name, and a port.
+// HostPort is a peer address: an IP and a port (names are refused: the
+// election dials addresses).
 type HostPort struct {
 	Host string
 	Port uint16
@@ -152,7 +153,7 @@ type TrackScript struct {
 	Command  []string      // required; argv, no shell
 	Interval time.Duration // default 1s
 	Timeout  time.Duration // default Interval/2; must be below Interval
-	Weight   int           // -254..254, default 0 (= fault while failing)
+	Weight   int           // -253..253, default 0 (= fault while failing)
 	Rise     int           // default 1
 	Fall     int           // default 1
 	Pos      Pos
