@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lvsd/lvsd/api"
+	"github.com/lvsd/lvsd/healthcheck"
 	"github.com/lvsd/lvsd/opstate"
 	"github.com/lvsd/lvsd/vrrp"
 )
@@ -20,6 +21,17 @@ import (
 func (e *engine) startNode() error {
 	spec := vrrpSpec(e.cfg, e.opts.Witness)
 	e.restoreOverrides(&spec)
+	// The services' quorum as composed at start: reported later only when
+	// it changes, so a tracked service down already at start (alpha, dead
+	// backends) must be known before the election first runs.
+	for _, g := range spec.Groups {
+		for _, t := range g.TrackService {
+			if spec.ServiceUp == nil {
+				spec.ServiceUp = map[string]bool{}
+			}
+			spec.ServiceUp[t.Name] = e.quorum[t.Name] != healthcheck.StateDown
+		}
+	}
 	n, err := vrrp.New(spec, e.log)
 	if err != nil {
 		return fmt.Errorf("VIP election: %w", err)

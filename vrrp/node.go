@@ -142,6 +142,7 @@ func cloneSpec(s Spec) Spec {
 	}
 	out.Groups = slices.Clone(s.Groups)
 	out.TrackScripts = slices.Clone(s.TrackScripts)
+	out.ServiceUp = maps.Clone(s.ServiceUp)
 	return out
 }
 
@@ -546,7 +547,10 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	ifList := slices.Sorted(maps.Keys(ifaces))
-	ts := trackState{links: readLinks(ifList), scripts: map[string]bool{}, services: map[string]bool{}}
+	ts := trackState{links: readLinks(ifList), scripts: map[string]bool{}, services: maps.Clone(n.spec.ServiceUp)}
+	if ts.services == nil {
+		ts.services = map[string]bool{}
+	}
 	if len(ifList) > 0 {
 		err := watchLinks(runCtx, ifList, lg, func(name string, up bool) {
 			n.post(trackMsg{kind: "link", name: name, up: up})

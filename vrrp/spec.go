@@ -38,6 +38,10 @@ type Spec struct {
 	// Witness makes this node a voting member that holds no VIP
 	// (`lvsd witness`). Groups must be empty.
 	Witness bool
+	// ServiceUp is the quorum of tracked services when the node starts
+	// (later changes come through SetServiceQuorum); a service missing here
+	// counts as up until it is reported.
+	ServiceUp map[string]bool
 }
 
 // NodeSpec is [node].
