@@ -255,3 +255,28 @@ func TestHeartbeatVotesOnlyWithWitnesses(t *testing.T) {
 		t.Fatal("a heartbeat that does not encode left the previous one to be sent")
 	}
 }
+
+// TestReplayedPastBootIsDropped: once a peer has restarted, heartbeats of
+// its past boot (a replayed capture) are dropped: they can neither keep a
+// dead peer alive nor fake its release.
+func TestReplayedPastBootIsDropped(t *testing.T) {
+	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &engine{n: n, peers: map[string]*peerState{}, aliveSet: map[string]bool{}}
+	hb := func(boot, seq uint64, at time.Time, releasing bool) hbMsg {
+		return hbMsg{h: Heartbeat{Name: "b", Boot: boot, Seq: seq, Releasing: releasing}, at: at}
+	}
+	e.handle(hb(1, 5, t0, false))
+	e.handle(hb(2, 1, t0.Add(time.Second), false))  // b restarted
+	e.handle(hb(1, 9, t0.Add(2*time.Second), true)) // a replay of boot 1
+	p := e.peers["b"]
+	if p.boot != 2 || p.seq != 1 || p.releasing || !p.lastSeen.Equal(t0.Add(time.Second)) {
+		t.Fatalf("after a replayed past boot: boot %d seq %d releasing %v last seen %v; want boot 2 as last heard", p.boot, p.seq, p.releasing, p.lastSeen)
+	}
+	e.handle(hb(3, 1, t0.Add(3*time.Second), false)) // a real restart is still taken
+	if p.boot != 3 {
+		t.Fatalf("a new boot was refused: boot %d", p.boot)
+	}
+}

@@ -481,6 +481,7 @@ type peerState struct {
 	graceUntil time.Time // see deathGrace
 	releasing  bool
 	readsV2    bool
+	retired    []uint64 // the peer's past boots (newest last), never accepted again
 	groups     map[string]GroupView
 	digest     []byte
 }
@@ -722,8 +723,19 @@ func (e *engine) handle(m any) {
 		if p.boot == h.Boot && h.Seq <= p.seq && !p.lastSeen.IsZero() {
 			return // stale or reordered
 		}
+		if p.boot != h.Boot && slices.Contains(p.retired, h.Boot) {
+			// A boot the peer has left behind: a replayed capture (the
+			// cipher has no replay protection), which would keep a dead
+			// peer alive or fake a release.
+			n.log.Debug("dropping a heartbeat of a past boot of the peer", "peer", h.Name)
+			return
+		}
 		if p.boot != h.Boot && !p.lastSeen.IsZero() {
 			n.log.Info("peer restarted", "peer", h.Name)
+			p.retired = append(p.retired, p.boot)
+			if len(p.retired) > maxRetiredBoots {
+				p.retired = p.retired[1:]
+			}
 		}
 		changed := p.boot != h.Boot || p.releasing != h.Releasing || !maps.Equal(p.groups, h.Groups) || !e.aliveSet[h.Name]
 		p.boot, p.seq, p.lastSeen, p.releasing, p.groups = h.Boot, h.Seq, m.at, h.Releasing, h.Groups
@@ -782,6 +794,9 @@ func (e *engine) deadAfter() time.Duration {
 	}
 	return time.Hour
 }
+
+// maxRetiredBoots bounds the past boots remembered per peer.
+const maxRetiredBoots = 16
 
 // deathGrace is how long a peer past dead_after stays alive once the loop
 // notices it. If this process was not scheduled for a while, its timer and
