@@ -90,7 +90,9 @@ func notifyCommand(g *GroupSpec, r Role) []string {
 }
 
 // runNotify runs one notify script with the LVSD_* environment, bounded by
-// the group's notify_timeout, and logs its outcome.
+// the group's notify_timeout, and logs its outcome. Like track scripts it
+// runs in a process group of its own (execOnce): at the timeout the whole
+// group is killed, and children it leaves behind are killed when it exits.
 func runNotify(g *GroupSpec, state, prev Role, reason string, lg *slog.Logger) {
 	argv := notifyCommand(g, state)
 	if len(argv) == 0 {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lvsd/lvsd/internal/childproc"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -155,19 +156,18 @@ func runScript(ctx context.Context, s *TrackScriptSpec, lg *slog.Logger, report 
 }
 
 // execOnce runs argv with a timeout and returns the tail of its output and
-// why it failed ("" on exit 0).
+// why it failed ("" on exit 0). The command runs through childproc: in a
+// process group of its own, killed whole on timeout, when ctx ends (stop)
+// and once the command has exited, and with normal scheduling even when
+// this process runs SCHED_RR.
 func execOnce(ctx context.Context, argv []string, timeout time.Duration, env []string) (output, why string) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
-	cmd.WaitDelay = 100 * time.Millisecond
 	var buf limitedBuffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
-	err := startCommand(cmd)
-	if err == nil {
-		err = cmd.Wait()
-	}
+	err := childproc.Run(cmd)
 	out := buf.b
 	tail := strings.TrimSpace(string(out))
 	if len(tail) > 500 {
