@@ -9,14 +9,17 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lvsd/lvsd/internal/childproc"
 )
 
 // execChecker is keepalived's MISC_CHECK: run a command, exit 0 = up. In
 // dynamic mode (misc_dynamic) an exit status of 2..255 is also up, with
 // weight status-2 (0..253); exit 0 is up with the weight left as it was; 1 and
-// anything else is down. The command runs in its own process group, which is
-// killed whole on timeout and once the command has exited, so stray children
-// never outlive a check.
+// anything else is down. The command runs through childproc: in its own
+// process group, which is killed whole on timeout and once the command has
+// exited, so stray children never outlive a check (exit 0 is up even if one
+// held the output open), and with normal scheduling when lvsd runs SCHED_RR.
 type execChecker struct {
 	timeout time.Duration
 	path    string
@@ -59,13 +62,7 @@ func (c *execChecker) Check(ctx context.Context, t Target) Result {
 	var out headBuffer
 	cmd := exec.CommandContext(ctx, c.path, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 100 * time.Millisecond // output pipe held open by an escaped child
-	err := cmd.Run()
-	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // leftovers of the group
-	}
+	err := childproc.Run(cmd)
 	r := Result{Weight: NoWeight, Latency: time.Since(start)}
 	if ctx.Err() == context.DeadlineExceeded {
 		r.Reason = "timeout after " + c.timeout.String()

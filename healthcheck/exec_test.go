@@ -1,10 +1,12 @@
 package healthcheck
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -117,6 +119,93 @@ func TestExecExitKillsLeftovers(t *testing.T) {
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 	if !eventuallyDead(pid, 2*time.Second) {
 		t.Fatalf("leftover child %d still running", pid)
+	}
+}
+
+// TestExecExitZeroWithChildHoldingOutput: a check that exits 0 while a
+// background child still holds its stdout is up, and the child is killed.
+func TestExecExitZeroWithChildHoldingOutput(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	p := script(t, `sleep 30 & echo $! > "`+pidFile+`"; exit 0`)
+	if r := mustNew(t, Spec{Type: TypeExec, Command: []string{p}}).Check(context.Background(), execTarget); !r.OK || r.Reason != "" {
+		t.Fatalf("got %+v, want up", r)
+	}
+	raw, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if !eventuallyDead(pid, 2*time.Second) {
+		t.Fatalf("leftover child %d still running", pid)
+	}
+}
+
+// rtCheckEnv makes this test binary, started under chrt -r (every thread
+// SCHED_RR, as lvsd with realtime_priority), run one exec check and print
+// its result instead of running the tests.
+const rtCheckEnv = "HEALTHCHECK_TEST_RT_CHECK"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(rtCheckEnv) != "" {
+		os.Exit(runRealtimeCheck())
+	}
+	os.Exit(m.Run())
+}
+
+// runRealtimeCheck runs a dynamic exec check whose exit status is 2 + its
+// scheduling policy (field 41 of /proc/PID/stat) and prints
+// "parent=P child=W": this process's policy and the check's weight, which
+// is the policy the check ran with.
+func runRealtimeCheck() int {
+	self, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "rtcheck")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	p := filepath.Join(dir, "check.sh")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\nexit $(( $(cut -d' ' -f41 /proc/self/stat) + 2 ))\n"), 0o755); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	c, err := newExec(Spec{Type: TypeExec, Command: []string{p}, Dynamic: true, Timeout: 5 * time.Second})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	r := c.Check(context.Background(), execTarget)
+	if !r.OK {
+		fmt.Println("check failed:", r.Reason)
+		return 1
+	}
+	fmt.Printf("parent=%s child=%d\n", strings.Fields(string(self[bytes.LastIndexByte(self, ')')+1:]))[38], r.Weight)
+	return 0
+}
+
+// TestExecRealtimeNotInherited: exec checks run SCHED_OTHER (0) although the
+// process starting them runs SCHED_RR (2).
+func TestExecRealtimeNotInherited(t *testing.T) {
+	chrt, err := exec.LookPath("chrt")
+	if err != nil {
+		t.Skip("chrt (util-linux) not installed")
+	}
+	cmd := exec.Command(chrt, "-r", "10", os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), rtCheckEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if bytes.Contains(out, []byte("failed to set pid")) {
+			t.Skipf("realtime scheduling refused here: %s", bytes.TrimSpace(out))
+		}
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != "parent=2 child=0" {
+		t.Fatalf("got %q, want parent=2 child=0", got)
 	}
 }
 
