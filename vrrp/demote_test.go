@@ -280,3 +280,36 @@ func TestReplayedPastBootIsDropped(t *testing.T) {
 		t.Fatalf("a new boot was refused: boot %d", p.boot)
 	}
 }
+
+// TestTrackedStatesSurviveAFullInbox: a tracked state change is reported
+// once, so a full inbox (a flood of heartbeats) must not lose it: the
+// latest state per kind and name reaches the loop.
+func TestTrackedStatesSurviveAFullInbox(t *testing.T) {
+	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"}}, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(n.inbox) < cap(n.inbox) {
+		n.inbox <- hbMsg{}
+	}
+	n.SetServiceQuorum("web", false)
+	n.SetServiceQuorum("db", false)
+	n.SetServiceQuorum("web", true) // the latest wins
+	n.post(trackMsg{kind: "link", name: "eth0", up: false})
+	select {
+	case <-n.trackWake:
+	default:
+		t.Fatal("no wake-up for the loop")
+	}
+	got := map[string]bool{}
+	for _, m := range n.takeTracks() {
+		got[m.kind+"/"+m.name] = m.up
+	}
+	want := map[string]bool{"service/web": true, "service/db": false, "link/eth0": false}
+	if !maps.Equal(got, want) {
+		t.Fatalf("tracked states %v, want %v", got, want)
+	}
+	if n.dropped.Load() != 0 {
+		t.Fatalf("%d tracked states dropped", n.dropped.Load())
+	}
+}

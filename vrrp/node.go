@@ -86,6 +86,9 @@ type Node struct {
 	send      func([]byte)            // heartbeat transport (cluster.send)
 
 	inbox     chan any
+	trackMu   sync.Mutex
+	tracks    map[[2]string]trackMsg // latest tracked state per kind and name, for the loop
+	trackWake chan struct{}
 	tmpl      atomic.Pointer[[]byte] // current heartbeat, seq patched at send
 	lastBadHB atomic.Int64           // Unix ns of the last unreadable heartbeat logged
 	kick      chan struct{}          // send a heartbeat now
@@ -124,7 +127,7 @@ func New(spec Spec, lg *slog.Logger) (*Node, error) {
 	n := &Node{
 		spec: spec, log: lg.With("node", spec.Node.Name), boot: binary.BigEndian.Uint64(b[:]),
 		scripts: map[string]*TrackScriptSpec{}, addrs: netlinkAddresser{}, announcer: garpAnnouncer{},
-		inbox: make(chan any, 512), kick: make(chan struct{}, 1),
+		inbox: make(chan any, 512), kick: make(chan struct{}, 1), trackWake: make(chan struct{}, 1),
 		stopReq: make(chan context.Context, 1), finished: make(chan struct{}),
 		notes: map[string]*serialQueue{},
 	}
@@ -428,11 +431,44 @@ func prefixDiff(a, b []netip.Prefix) (added, removed []netip.Prefix) {
 }
 
 func (n *Node) post(m any) {
+	if t, ok := m.(trackMsg); ok {
+		n.postTrack(t)
+		return
+	}
 	select {
 	case n.inbox <- m:
 	default:
 		n.dropped.Add(1)
 	}
+}
+
+// postTrack records a tracked state for the loop. Tracked states are sent
+// only when they change, so unlike a heartbeat (the next one follows) none
+// may be lost to a full inbox: the latest per kind and name waits here and
+// a wake-up, which cannot be lost, tells the loop.
+func (n *Node) postTrack(t trackMsg) {
+	n.trackMu.Lock()
+	if n.tracks == nil {
+		n.tracks = map[[2]string]trackMsg{}
+	}
+	n.tracks[[2]string{t.kind, t.name}] = t
+	n.trackMu.Unlock()
+	select {
+	case n.trackWake <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+}
+
+// takeTracks returns the tracked states posted since the last call.
+func (n *Node) takeTracks() []trackMsg {
+	n.trackMu.Lock()
+	defer n.trackMu.Unlock()
+	out := make([]trackMsg, 0, len(n.tracks))
+	for _, t := range n.tracks {
+		out = append(out, t)
+	}
+	clear(n.tracks)
+	return out
 }
 
 // Stop hands over gracefully: releases every group at once (removing the
@@ -603,6 +639,10 @@ loop:
 			break loop
 		case m := <-n.inbox:
 			e.handle(m)
+		case <-n.trackWake:
+			for _, t := range n.takeTracks() {
+				e.handle(t)
+			}
 		case <-timer.C:
 			// A deadline passed: first take in whatever arrived meanwhile
 			// (this loop may have been scheduled late), so a peer is not
