@@ -17,7 +17,8 @@ import (
 // startNode creates the VIP election node and hooks lvsd's replicated
 // operator state into the cluster: records are broadcast as they change,
 // exchanged in full by memberlist's push-pull, and every heartbeat carries a
-// digest of them so a peer that differs gets our full state at once.
+// digest of them so a peer that differs exchanges full state with us at once
+// (see hookCluster).
 func (e *engine) startNode() error {
 	spec := vrrpSpec(e.cfg, e.opts.Witness)
 	e.restoreOverrides(&spec)
@@ -43,15 +44,7 @@ func (e *engine) startNode() error {
 		e.metrics.GroupTransition(ev.Group, ev.State.String())
 	})
 	if e.cfg.Cluster != nil {
-		n.SetStateDelegate(stateDelegate{e})
-		n.SetMessageHandler(e.mergeRemote)
-		lim := &digestLimiter{last: map[string]time.Time{}}
-		n.SetDigestHandler(func(peer string, d []byte) {
-			if !bytes.Equal(d, e.digest()) && lim.allow(peer, time.Now()) {
-				e.broadcastAll()
-			}
-		})
-		if err := n.SetDigest(e.digest()); err != nil {
+		if err := e.hookCluster(n); err != nil {
 			return err
 		}
 	}
@@ -60,24 +53,50 @@ func (e *engine) startNode() error {
 
 func (e *engine) digest() []byte { return binary.BigEndian.AppendUint64(nil, e.store.Digest()) }
 
-// broadcastAll gossips every record (a peer's digest differs from ours).
-func (e *engine) broadcastAll() {
-	if data, err := opstate.Encode(e.store.Records()); err == nil {
-		e.node.Broadcast(data)
-	}
+// hookCluster replicates the operator records through n: the store is
+// memberlist's push-pull state, peers' broadcasts are merged, our digest
+// rides on every heartbeat, and a peer whose digest differs from ours for
+// longer than a broadcast takes to arrive gets a push-pull with us, which
+// carries both full states (whichever side lacks records).
+func (e *engine) hookCluster(n *vrrp.Node) error {
+	n.SetStateDelegate(stateDelegate{e})
+	n.SetMessageHandler(e.mergeRemote)
+	ds := &digestSync{settle: digestSettle, every: time.Second, local: e.digest, exchange: func(peer string) {
+		if err := n.ExchangeState(peer); err != nil {
+			e.log.Debug("operator state differs from a peer's; no exchange now", "peer", peer, "err", err)
+		}
+	}}
+	n.SetDigestHandler(ds.observe)
+	return n.SetDigest(e.digest())
 }
 
-// publish replicates locally made records.
+// digestSettle is how long a differing digest may last before a state
+// exchange: a peer's heartbeat carries its new digest before the gossip of
+// the record that changed it arrives (gossip goes out every 100 ms).
+const digestSettle = 300 * time.Millisecond
+
+// publish replicates locally made records: gossip reaches every member at
+// once, and the new digest in our heartbeats makes each peer that does not
+// get the gossip exchange full state with us. A record too large for one
+// gossip packet (a long service name with many escaped characters, or an
+// IPv6 zone) is left to that exchange.
 func (e *engine) publish(recs ...opstate.Record) {
 	if e.node == nil || e.cfg.Cluster == nil {
 		return
 	}
-	if data, err := opstate.Encode(recs); err == nil {
-		if err := e.node.Broadcast(data); err != nil {
-			e.log.Warn("replicate operator change", "err", err)
-		}
+	data, err := opstate.Encode(recs)
+	if err == nil && len(data) > e.node.MaxBroadcast() {
+		err = fmt.Errorf("%d bytes do not fit a gossip packet (at most %d)", len(data), e.node.MaxBroadcast())
 	}
-	e.node.SetDigest(e.digest())
+	if err == nil {
+		err = e.node.Broadcast(data)
+	}
+	if err != nil {
+		e.log.Warn("operator change not gossiped; peers get it by the state exchange their digest comparison starts", "err", err)
+	}
+	if err := e.node.SetDigest(e.digest()); err != nil {
+		e.log.Error("set operator state digest", "err", err)
+	}
 }
 
 // mergeRemote takes records from a peer (broadcast or push-pull). It runs on
@@ -112,21 +131,59 @@ func (d stateDelegate) LocalState() []byte {
 
 func (d stateDelegate) MergeRemoteState(buf []byte) { d.e.mergeRemote(buf) }
 
-// digestLimiter answers a differing digest at most once a second per peer:
-// heartbeats arrive every 20 ms, the broadcast needs one gossip round.
-type digestLimiter struct {
-	mu   sync.Mutex
-	last map[string]time.Time
+// digestSync starts a state exchange with a peer whose heartbeat digest
+// differs from ours once it has differed for settle, and at most once per
+// every per peer. The vrrp node reports a peer's digest only when it
+// changes, so a difference seen inside the limit is not dropped: it is
+// checked again when the limit ends, against the peer's latest digest.
+type digestSync struct {
+	settle, every time.Duration
+	local         func() []byte
+	exchange      func(peer string)
+
+	mu    sync.Mutex
+	peers map[string]*digestPeer
 }
 
-func (l *digestLimiter) allow(peer string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.last[peer]) < time.Second {
-		return false
+type digestPeer struct {
+	digest  []byte
+	last    time.Time // last exchange started
+	pending bool      // a check is scheduled
+}
+
+// observe takes a peer's new digest (vrrp's digest handler).
+func (s *digestSync) observe(peer string, d []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peers == nil {
+		s.peers = map[string]*digestPeer{}
 	}
-	l.last[peer] = now
-	return true
+	p := s.peers[peer]
+	if p == nil {
+		p = &digestPeer{}
+		s.peers[peer] = p
+	}
+	p.digest = bytes.Clone(d)
+	if p.pending || bytes.Equal(d, s.local()) {
+		return
+	}
+	wait := max(s.settle, time.Until(p.last.Add(s.every)))
+	p.pending = true
+	time.AfterFunc(wait, func() { s.check(peer) })
+}
+
+// check starts an exchange if the peer's latest digest still differs.
+func (s *digestSync) check(peer string) {
+	s.mu.Lock()
+	p := s.peers[peer]
+	p.pending = false
+	if bytes.Equal(p.digest, s.local()) {
+		s.mu.Unlock()
+		return
+	}
+	p.last = time.Now()
+	s.mu.Unlock()
+	s.exchange(peer)
 }
 
 // applyOverrides re-reads the overrides of the services whose records
