@@ -535,6 +535,10 @@ type groupRT struct {
 	annCancel context.CancelFunc
 	annKick   chan struct{}
 	successor string
+	// addrErr is why the addresses could not be added at the last takeover;
+	// the group is in fault until addrRetry, then tries again.
+	addrErr   error
+	addrRetry time.Time
 	prio      uint8
 	fault     bool
 }
@@ -657,7 +661,7 @@ loop:
 			}
 		}
 		now := time.Now()
-		if e.dirty || e.expired(now) {
+		if e.dirty || e.expired(now) || e.addrRetryDue(now) {
 			e.evaluate(now)
 		}
 		timer.Reset(e.nextWake(now))
@@ -835,6 +839,20 @@ func (e *engine) deadAfter() time.Duration {
 	return time.Hour
 }
 
+// addrRetryDue reports whether a group whose addresses failed may try again.
+func (e *engine) addrRetryDue(now time.Time) bool {
+	for _, g := range e.groups {
+		if g.addrErr != nil && !now.Before(g.addrRetry) {
+			return true
+		}
+	}
+	return false
+}
+
+// addrRetryAfter is how long a group whose addresses could not be added
+// stays in fault before it tries again.
+const addrRetryAfter = 2 * time.Second
+
 // maxRetiredBoots bounds the past boots remembered per peer.
 const maxRetiredBoots = 16
 
@@ -901,7 +919,15 @@ func (e *engine) expired(now time.Time) bool {
 // nextWake is how long until the earliest peer deadline, hold end or
 // preempt delay.
 func (e *engine) nextWake(now time.Time) time.Duration {
+	if e.dirty {
+		return 0
+	}
 	next := now.Add(time.Hour)
+	for _, g := range e.groups {
+		if g.addrErr != nil && g.addrRetry.Before(next) {
+			next = g.addrRetry
+		}
+	}
 	if e.starting {
 		next = e.started.Add(e.hold)
 	}
@@ -953,6 +979,13 @@ func (e *engine) evaluate(now time.Time) {
 	}
 	for _, g := range e.groups {
 		prio, fault, why := effective(g.spec, n.scripts, e.ts, g.override)
+		if g.addrErr != nil {
+			if now.Before(g.addrRetry) {
+				fault, why = true, "cannot add its addresses: "+g.addrErr.Error()
+			} else {
+				g.addrErr = nil // try again
+			}
+		}
 		g.prio, g.fault = prio, fault
 		in.Groups = append(in.Groups, LocalGroup{Name: g.spec.Name, Priority: prio, Fault: fault, FaultReason: why,
 			Claiming: g.claiming, Preempt: g.spec.Preempt, PreemptDelay: g.spec.PreemptDelay,
@@ -1008,7 +1041,16 @@ func (e *engine) apply(g *groupRT, d Decision, now time.Time) {
 	}
 	if !g.claiming && want {
 		if err := n.addrs.add(g.spec.Interface, g.spec.Addresses); err != nil {
-			lg.Error("taking addresses", "err", err)
+			// Claiming without the addresses would black-hole the group
+			// (peers defer to a claim): fault now, so a peer takes it, and
+			// try again in a while.
+			lg.Error("taking addresses failed: group in fault, trying again", "err", err, "in", addrRetryAfter)
+			if rerr := n.addrs.remove(g.spec.Interface, g.spec.Addresses); rerr != nil {
+				lg.Debug("removing what was added", "err", rerr)
+			}
+			g.addrErr, g.addrRetry = err, now.Add(addrRetryAfter)
+			e.dirty = true
+			return
 		}
 		g.claiming = true
 		actx, cancel := context.WithCancel(context.Background())

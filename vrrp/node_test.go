@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -295,4 +296,61 @@ func TestUpdateGroupsMovesAddressBetweenOwnedGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-done
+}
+
+// failingAddrs fails its first adds.
+type failingAddrs struct {
+	fakeAddrs
+	fails int
+}
+
+func (f *failingAddrs) add(ifname string, a []netip.Prefix) error {
+	f.mu.Lock()
+	fail := f.fails > 0
+	f.fails--
+	f.mu.Unlock()
+	if fail {
+		return errors.New("operation not permitted")
+	}
+	return f.fakeAddrs.add(ifname, a)
+}
+
+// TestAddressFailureIsFault: a group whose addresses cannot be added does
+// not claim (peers would defer to a claim without addresses): it goes to
+// fault with the reason, and takes the group once the add works.
+func TestAddressFailureIsFault(t *testing.T) {
+	spec := Spec{Node: NodeSpec{Name: "solo", Interface: "lo"},
+		Groups: []GroupSpec{{Name: "web", Addresses: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/32")}, Priority: 100,
+			GARPCount: 1, GARPInterval: time.Millisecond}}}
+	n, err := New(spec, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := &failingAddrs{fails: 1}
+	n.addrs, n.announcer = addrs, &fakeAnnouncer{}
+	events := make(chan Event, 16)
+	n.SetEventHandler(func(e Event) { events <- e })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	var seen []string
+	for len(seen) < 2 {
+		select {
+		case e := <-events:
+			seen = append(seen, e.State.String()+": "+e.Reason)
+		case <-ctx.Done():
+			t.Fatalf("events %v, want fault then master", seen)
+		}
+	}
+	if !strings.HasPrefix(seen[0], "fault: fault: cannot add its addresses: operation not permitted") || !strings.HasPrefix(seen[1], "master") {
+		t.Fatalf("events %v, want fault (cannot add its addresses) then master", seen)
+	}
+	if err := n.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if got := addrs.ops(); !strings.Contains(got, "add lo 198.18.9.1/32") {
+		t.Fatalf("address ops %q: the retry never added the address", got)
+	}
 }
