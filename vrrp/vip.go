@@ -45,17 +45,29 @@ func (netlinkAddresser) add(ifname string, addrs []netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-// remove deletes every address that is present.
+// remove deletes every address that is present, whatever its prefix
+// length: a VIP left at another length (a crash, then the config's prefix
+// changed) would otherwise stay on a backup and answer for the VIP.
 func (netlinkAddresser) remove(ifname string, addrs []netip.Prefix) error {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return fmt.Errorf("looking up interface %q: %w", ifname, err)
 	}
+	present, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("listing addresses of %s: %w", ifname, err)
+	}
 	var errs []error
 	for _, p := range addrs {
-		err := netlink.AddrDel(link, toAddr(p))
-		if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("removing %s from %s: %w", p, ifname, err))
+		for _, a := range present {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			if !ok || ip.Unmap() != p.Addr().Unmap() {
+				continue
+			}
+			err := netlink.AddrDel(link, &a)
+			if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("removing %s from %s: %w", a.IPNet, ifname, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
