@@ -298,6 +298,10 @@ func (e *engine) resolveBackend(s *config.Service, arg string, adding bool) (net
 	} else {
 		return key, api.BadRequest("use ADDRESS or ADDRESS:PORT, IPv6 with a port as [2001:db8::1]:80", "malformed backend %q", arg)
 	}
+	if a := key.Addr(); a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+		// As the config refuses them: a real server is a unicast address.
+		return key, api.BadRequest("give the real server's unicast address, without a %zone", "%s cannot be a real server", a)
+	}
 	if string(s.Family) != familyOfAddr(key.Addr()) {
 		return key, api.BadRequest("a service and its backends share one address family", "backend %s is %s but service %s is %s", key.Addr(), familyOfAddr(key.Addr()), s.Name, s.Family)
 	}

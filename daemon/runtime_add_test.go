@@ -61,6 +61,11 @@ func TestRuntimeAddNeedsCheckPort(t *testing.T) {
 		!strings.Contains(err.Error(), "set port in the service's [service.check]") {
 		t.Fatalf("add: err %v, want a refusal saying what to do", err)
 	}
+	for _, bad := range []string{"0.0.0.0", "224.0.0.1"} {
+		if _, err := r.client.Backend(ctx, "add", api.BackendRequest{Service: "pcc", Backend: bad}); err == nil || !strings.Contains(err.Error(), "cannot be a real server") {
+			t.Errorf("add %s: err %v, want a refusal", bad, err)
+		}
+	}
 	st, _ := r.client.Status(ctx)
 	if n := len(st.Services[0].Backends); n != 1 {
 		t.Fatalf("a refused add changed the service: %d backends", n)

@@ -187,8 +187,7 @@ func (n *Node) Broadcast(b []byte) error {
 	if cl == nil {
 		return errors.New("vrrp: broadcast: no cluster (standalone, or not running)")
 	}
-	cl.broadcast(b)
-	return nil
+	return cl.broadcast(b)
 }
 
 // Members reports memberlist's view of the cluster (empty when standalone).
