@@ -68,6 +68,10 @@ type Record struct {
 	Version Version `json:"version"`
 }
 
+// maxSkew is how far in the future a peer's record may be stamped (clock
+// skew between directors); later ones are refused.
+const maxSkew = time.Hour
+
 // Key returns the record's key.
 func (r Record) Key() Key { return Key{r.Service, r.Backend} }
 
@@ -180,8 +184,10 @@ func (s *Store) Merge(recs []Record) ([]Key, error) {
 	defer s.mu.Unlock()
 	var changed []Key
 	for _, r := range recs {
-		if r.Service == "" || !r.Backend.IsValid() {
-			continue // a peer's bad record must not poison ours
+		if r.Service == "" || !r.Backend.IsValid() || r.Version.Wall > s.now().Add(maxSkew).UnixNano() {
+			// A peer's bad record must not poison ours; one stamped far in
+			// the future would win every later local change.
+			continue
 		}
 		k := r.Key()
 		if cur, ok := s.records[k]; ok && !cur.Version.Less(r.Version) {

@@ -189,3 +189,26 @@ func TestForServiceMatchesRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeRefusesFutureRecords: a peer's record stamped far in the future
+// (beyond clock skew) is refused: it would win over every later local
+// change of that backend.
+func TestMergeRefusesFutureRecords(t *testing.T) {
+	now := time.Unix(1_790_000_000, 0)
+	s, err := Open("a", "", WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	far := Record{Service: "web", Backend: rs1, Admin: Drained, Version: Version{Wall: 1<<63 - 1, Node: "b"}}
+	near := Record{Service: "web", Backend: rs2, Admin: Drained, Version: Version{Wall: now.Add(time.Minute).UnixNano(), Node: "b"}}
+	changed, err := s.Merge([]Record{far, near})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changed) != 1 || changed[0] != near.Key() {
+		t.Fatalf("merged %v, want only the record within clock skew", changed)
+	}
+	if _, ok := s.Get(far.Key()); ok {
+		t.Fatal("a record stamped in 2262 was merged")
+	}
+}

@@ -726,21 +726,22 @@ func (n *Node) sendLoop(ctx context.Context, every time.Duration) {
 
 // engine is the election loop's state; only Run's goroutine touches it.
 type engine struct {
-	n          *Node
-	groups     []*groupRT
-	ts         trackState
-	peers      map[string]*peerState
-	aliveSet   map[string]bool
-	st         ElectionState
-	started    time.Time
-	hold       time.Duration
-	dirty      bool
-	wake       time.Time // preempt delay
-	lastViews  map[string]GroupView
-	lastDig    []byte
-	lastV1Only bool
-	released   bool
-	starting   bool
+	n           *Node
+	groups      []*groupRT
+	ts          trackState
+	peers       map[string]*peerState
+	aliveSet    map[string]bool
+	st          ElectionState
+	started     time.Time
+	hold        time.Duration
+	dirty       bool
+	wake        time.Time // preempt delay
+	lastViews   map[string]GroupView
+	lastDig     []byte
+	lastV1Only  bool
+	lastDupWarn time.Time // last warning about another node with our name
+	released    bool
+	starting    bool
 }
 
 func (e *engine) handle(m any) {
@@ -749,8 +750,9 @@ func (e *engine) handle(m any) {
 	case hbMsg:
 		h := m.h
 		if h.Name == n.spec.Node.Name {
-			if h.Boot != n.boot {
-				n.log.Warn("heartbeat from another node using our name", "name", h.Name)
+			if now := time.Now(); h.Boot != n.boot && now.Sub(e.lastDupWarn) > time.Minute {
+				e.lastDupWarn = now // once a minute, not 50 lines a second
+				n.log.Warn("heartbeat from another node using our name: node names must be unique", "name", h.Name)
 			}
 			return
 		}
