@@ -1082,7 +1082,7 @@ func (e *engine) emit(g *groupRT, prev Role, now time.Time) {
 	n := e.n
 	ev := Event{Group: g.spec.Name, State: g.role, Prev: prev, Owner: g.owner, Reason: g.reason, At: now}
 	spec, lg := g.spec, n.log
-	n.notes[spec.Name].push(func() { runNotify(spec, ev.State, ev.Prev, ev.Reason, lg) })
+	n.notes[spec.Name].pushCtx(func(ctx context.Context) { runNotify(ctx, spec, ev.State, ev.Prev, ev.Reason, lg) })
 	n.mu.Lock()
 	f := n.onEvent
 	n.mu.Unlock()

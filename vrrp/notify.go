@@ -14,19 +14,27 @@ import (
 // (state transitions).
 type serialQueue struct {
 	mu      sync.Mutex
-	jobs    []func()
+	jobs    []func(context.Context)
 	wake    chan struct{}
 	closed  bool
 	drained chan struct{}
+	// ctx is given to every job; it ends when close gives up waiting, so a
+	// notify script still running then is killed, not abandoned.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func newSerialQueue() *serialQueue {
 	q := &serialQueue{wake: make(chan struct{}, 1), drained: make(chan struct{})}
+	q.ctx, q.cancel = context.WithCancel(context.Background())
 	go q.run()
 	return q
 }
 
-func (q *serialQueue) push(f func()) {
+func (q *serialQueue) push(f func()) { q.pushCtx(func(context.Context) { f() }) }
+
+// pushCtx queues a job that is given the queue's context.
+func (q *serialQueue) pushCtx(f func(context.Context)) {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -52,7 +60,18 @@ func (q *serialQueue) close(ctx context.Context) {
 	select {
 	case <-q.drained:
 	case <-ctx.Done():
+		// Out of time: end the running job (its script's process group
+		// is killed) and drop the rest.
+		q.mu.Lock()
+		q.jobs = nil
+		q.mu.Unlock()
+		q.cancel()
+		select {
+		case <-q.drained:
+		case <-time.After(time.Second):
+		}
 	}
+	q.cancel()
 }
 
 func (q *serialQueue) run() {
@@ -63,7 +82,10 @@ func (q *serialQueue) run() {
 		q.jobs = nil
 		q.mu.Unlock()
 		for _, f := range jobs {
-			f()
+			if q.ctx.Err() != nil {
+				break
+			}
+			f(q.ctx)
 		}
 		if closed && len(jobs) == 0 {
 			return
@@ -93,7 +115,7 @@ func notifyCommand(g *GroupSpec, r Role) []string {
 // the group's notify_timeout, and logs its outcome. Like track scripts it
 // runs in a process group of its own (execOnce): at the timeout the whole
 // group is killed, and children it leaves behind are killed when it exits.
-func runNotify(g *GroupSpec, state, prev Role, reason string, lg *slog.Logger) {
+func runNotify(ctx context.Context, g *GroupSpec, state, prev Role, reason string, lg *slog.Logger) {
 	argv := notifyCommand(g, state)
 	if len(argv) == 0 {
 		return
@@ -105,7 +127,7 @@ func runNotify(g *GroupSpec, state, prev Role, reason string, lg *slog.Logger) {
 		"LVSD_REASON="+reason,
 	)
 	start := time.Now()
-	out, why := execOnce(context.Background(), argv, g.NotifyTimeout, env)
+	out, why := execOnce(ctx, argv, g.NotifyTimeout, env)
 	if why != "" {
 		lg.Warn("notify script failed", "group", g.Name, "state", state, "cmd", argv, "err", why, "output", out)
 		return

@@ -132,7 +132,7 @@ func TestNotifyTimeoutKillsGroup(t *testing.T) {
 	g := &GroupSpec{Name: "web", NotifyTimeout: 300 * time.Millisecond, NotifyMaster: argv}
 	var logs logBuffer
 	start := time.Now()
-	runNotify(g, RoleMaster, RoleBackup, "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	runNotify(context.Background(), g, RoleMaster, RoleBackup, "test", slog.New(slog.NewTextHandler(&logs, nil)))
 	if el := time.Since(start); el > 5*time.Second {
 		t.Fatalf("runNotify returned after %v", el)
 	}
@@ -147,10 +147,29 @@ func TestNotifyExitZeroWithChildHoldingOutput(t *testing.T) {
 	argv, pids := spawner(t, "exit 0")
 	g := &GroupSpec{Name: "web", NotifyTimeout: 5 * time.Second, NotifyMaster: argv}
 	var logs logBuffer
-	runNotify(g, RoleMaster, RoleBackup, "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	runNotify(context.Background(), g, RoleMaster, RoleBackup, "test", slog.New(slog.NewTextHandler(&logs, nil)))
 	if l := logs.String(); !strings.Contains(l, "notify script done") {
 		t.Fatalf("log %q, want notify script done", l)
 	}
 	pgid, child := pids()
+	proctest.WaitGroupGone(t, 2*time.Second, pgid, child)
+}
+
+// TestNotifyKilledWhenStopRunsOut: a notify script still running when
+// Stop's deadline passes is killed with its process group, not left
+// running (its own timeout is far away).
+func TestNotifyKilledWhenStopRunsOut(t *testing.T) {
+	argv, pids := spawner(t, "sleep 30")
+	g := &GroupSpec{Name: "web", NotifyTimeout: time.Minute, NotifyStop: argv}
+	q := newSerialQueue()
+	q.pushCtx(func(ctx context.Context) { runNotify(ctx, g, RoleStopped, RoleMaster, "stopping", discardLogger()) })
+	pgid, child := pids() // the script runs
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	q.close(ctx)
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("close returned after %v", el)
+	}
 	proctest.WaitGroupGone(t, 2*time.Second, pgid, child)
 }

@@ -152,7 +152,7 @@ func TestNotifyEnvironment(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "env")
 	g := &GroupSpec{Name: "web", NotifyTimeout: time.Second,
 		NotifyMaster: []string{"sh", "-c", `echo "$LVSD_GROUP $LVSD_STATE $LVSD_PREV_STATE $LVSD_REASON" > ` + out}}
-	runNotify(g, RoleMaster, RoleBackup, "no live owner", discardLogger())
+	runNotify(context.Background(), g, RoleMaster, RoleBackup, "no live owner", discardLogger())
 	b, err := os.ReadFile(out)
 	if err != nil || strings.TrimSpace(string(b)) != "web master backup no live owner" {
 		t.Fatalf("notify env: %q %v", b, err)
