@@ -21,28 +21,15 @@ func TestEngineReloadUpdatesVIPGroup(t *testing.T) {
 	setupLink(t, "198.18.1.65")
 	listen(t, "198.18.1.65:80")
 	dir := t.TempDir()
-	ctx := context.Background()
 	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
 	r.eventually("the standalone node owns the VIP", func() bool { return hasAddr(t, "198.18.1.63") })
-	write := func(group string) {
-		t.Helper()
-		body := strings.Replace(fmt.Sprintf(baseConfig, dir, backends("198.18.1.65")),
-			"name = \"web\"\naddresses = [\"198.18.1.63/32\"]\n", group, 1)
-		if !strings.Contains(body, group) {
-			t.Fatal("the base config's vip_group was not found")
-		}
-		if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	group := func(with string) func(string) string {
+		return replaceOnce("name = \"web\"\naddresses = [\"198.18.1.63/32\"]\n", with)
 	}
 
-	write("name = \"web\"\naddresses = [\"198.18.1.63/32\", \"198.18.1.64/32\"]\npriority = 120\n")
-	res, err := r.client.Reload(ctx)
-	if err != nil || !res.OK {
-		t.Fatalf("reload: %+v %v", res, err)
-	}
-	if !strings.Contains(strings.Join(res.Changes, "\n"), "vip_group web updated") {
-		t.Errorf("reload changes %q do not report the group", res.Changes)
+	r.writeEdited(backends("198.18.1.65"), group("name = \"web\"\naddresses = [\"198.18.1.63/32\", \"198.18.1.64/32\"]\npriority = 120\n"))
+	if got := r.reloadChanges(); !strings.Contains(got, "vip_group web updated") {
+		t.Errorf("reload changes %q do not report the group", got)
 	}
 	r.eventually("the owner holds the new address", func() bool { return hasAddr(t, "198.18.1.64") })
 	if !hasAddr(t, "198.18.1.63") {
@@ -52,13 +39,9 @@ func TestEngineReloadUpdatesVIPGroup(t *testing.T) {
 		t.Fatalf("status after the update: %+v", g)
 	}
 
-	write("name = \"web\"\ninterface = \"lo\"\naddresses = [\"198.18.1.63/32\"]\n")
-	res, err = r.client.Reload(ctx)
-	if err != nil || !res.OK {
-		t.Fatalf("reload: %+v %v", res, err)
-	}
-	if got := strings.Join(res.Changes, "\n"); !strings.Contains(got, "interface lvt0 -> lo") || !strings.Contains(got, "restart lvsd to apply it") {
-		t.Errorf("reload changes %q do not name the restart-only change", res.Changes)
+	r.writeEdited(backends("198.18.1.65"), group("name = \"web\"\ninterface = \"lo\"\naddresses = [\"198.18.1.63/32\"]\n"))
+	if got := r.reloadChanges(); !strings.Contains(got, "interface lvt0 -> lo") || !strings.Contains(got, "restart lvsd to apply it") {
+		t.Errorf("reload changes %q do not name the restart-only change", got)
 	}
 	if !hasAddr(t, "198.18.1.64") {
 		t.Error("a refused group change released an address")
@@ -77,13 +60,9 @@ func TestEngineReloadKeepsRunningNode(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
 	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
-	body := strings.Replace(fmt.Sprintf(baseConfig, dir, backends("198.18.1.65")), dir+"/state", dir+"/elsewhere", 1)
-	if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	res, err := r.client.Reload(ctx)
-	if err != nil || !res.OK || !strings.Contains(strings.Join(res.Changes, "\n"), "[node] changed: restart lvsd") {
-		t.Fatalf("reload: %+v %v", res, err)
+	r.writeEdited(backends("198.18.1.65"), replaceOnce(dir+"/state", dir+"/elsewhere"))
+	if got := r.reloadChanges(); !strings.Contains(got, "[node] changed: restart lvsd") {
+		t.Fatalf("reload changes %q, want [node] reported as needing a restart", got)
 	}
 	if _, err := r.client.Group(ctx, "demote", "web"); err != nil {
 		t.Fatal(err)
@@ -104,43 +83,27 @@ func TestEngineReloadTrackScriptWeight(t *testing.T) {
 	setupLink(t, "198.18.1.65")
 	listen(t, "198.18.1.65:80")
 	dir := t.TempDir()
-	ctx := context.Background()
 	r := startRig(t, dir, &fakeKernel{Fake: dptest.New()}, backends("198.18.1.65"))
 	write := func(command string, weight int) {
 		t.Helper()
-		base := fmt.Sprintf(baseConfig, dir, backends("198.18.1.65"))
-		body := strings.Replace(base, "[[vip_group]]\nname = \"web\"\n",
-			fmt.Sprintf("[[track_script]]\nname = \"chk\"\ncommand = [%q]\nweight = %d\n\n[[vip_group]]\nname = \"web\"\ntrack_script = [{ name = \"chk\" }]\n", command, weight), 1)
-		if body == base {
-			t.Fatal("the base config's vip_group was not found")
-		}
-		if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reload := func() string {
-		t.Helper()
-		res, err := r.client.Reload(ctx)
-		if err != nil || !res.OK {
-			t.Fatalf("reload: %+v %v", res, err)
-		}
-		return strings.Join(res.Changes, "\n")
+		r.writeEdited(backends("198.18.1.65"), replaceOnce("[[vip_group]]\nname = \"web\"\n",
+			fmt.Sprintf("[[track_script]]\nname = \"chk\"\ncommand = [%q]\nweight = %d\n\n[[vip_group]]\nname = \"web\"\ntrack_script = [{ name = \"chk\" }]\n", command, weight)))
 	}
 	// Adding the script is a restart; once running (restart), weights reload.
 	write("/bin/true", -10)
-	if got := reload(); !strings.Contains(got, "[[track_script]] (scripts added, removed or renamed) changed: restart") {
+	if got := r.reloadChanges(); !strings.Contains(got, "[[track_script]] (scripts added, removed or renamed) changed: restart") {
 		t.Fatalf("adding a script: %q", got)
 	}
 	r.stop()
 	r = runRig(t, dir, &fakeKernel{Fake: dptest.New()})
 
 	write("/bin/true", -20)
-	got := reload()
+	got := r.reloadChanges()
 	if !strings.Contains(got, "vip_group web updated") || strings.Contains(got, "track_script") {
 		t.Errorf("weight change: %q, want the group updated and no restart asked", got)
 	}
 	write("/bin/false", -20)
-	if got := reload(); !strings.Contains(got, "[[track_script]] chk command changed: restart lvsd") {
+	if got := r.reloadChanges(); !strings.Contains(got, "[[track_script]] chk command changed: restart lvsd") {
 		t.Errorf("command change: %q, want a restart named", got)
 	}
 }
@@ -162,19 +125,8 @@ func TestEngineReloadReportsOrphanedOverrides(t *testing.T) {
 	}
 	reload := func(edit func(string) string) string {
 		t.Helper()
-		base := fmt.Sprintf(baseConfig, dir, backends("198.18.1.65", "198.18.1.66"))
-		body := edit(base)
-		if body == base {
-			t.Fatal("test bug: the edit changed nothing")
-		}
-		if err := os.WriteFile(filepath.Join(dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		res, err := r.client.Reload(ctx)
-		if err != nil || !res.OK {
-			t.Fatalf("reload: %+v %v", res, err)
-		}
-		return strings.Join(res.Changes, "\n")
+		r.writeEdited(backends("198.18.1.65", "198.18.1.66"), edit)
+		return r.reloadChanges()
 	}
 	got := reload(func(c string) string { return strings.Replace(c, "name = \"web\"\ngroup", "name = \"web2\"\ngroup", 1) })
 	if !strings.Contains(got, "service web removed: operator overrides no longer apply (kept; they return with the service or backend): drained 198.18.1.66:80") {
@@ -189,4 +141,34 @@ func TestEngineReloadReportsOrphanedOverrides(t *testing.T) {
 	if !strings.Contains(got, "service web changed") || !strings.Contains(got, "drained 198.18.1.66:80") {
 		t.Errorf("port change: changes %q do not report the drain left behind", got)
 	}
+}
+
+// writeEdited writes the base config with these backends, changed by edit
+// (which must change it).
+func (r *rig) writeEdited(backendsBody string, edit func(string) string) {
+	r.t.Helper()
+	base := fmt.Sprintf(baseConfig, r.dir, backendsBody)
+	body := edit(base)
+	if body == base {
+		r.t.Fatal("test bug: the edit changed nothing")
+	}
+	if err := os.WriteFile(filepath.Join(r.dir, "lvsd.toml"), []byte(body), 0o600); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// reloadChanges reloads and returns the changes reported, one per line; a
+// refused reload fails the test.
+func (r *rig) reloadChanges() string {
+	r.t.Helper()
+	res, err := r.client.Reload(context.Background())
+	if err != nil || !res.OK {
+		r.t.Fatalf("reload: %+v %v", res, err)
+	}
+	return strings.Join(res.Changes, "\n")
+}
+
+// replaceOnce is an edit replacing the first old by new.
+func replaceOnce(old, new string) func(string) string {
+	return func(c string) string { return strings.Replace(c, old, new, 1) }
 }
