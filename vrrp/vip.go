@@ -45,28 +45,33 @@ func (netlinkAddresser) add(ifname string, addrs []netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-// remove deletes every address that is present, whatever its prefix
-// length: a VIP left at another length (a crash, then the config's prefix
-// changed) would otherwise stay on a backup and answer for the VIP.
+// remove deletes every address that is present at its configured prefix
+// length. The same IP at another length is left in place and reported: it
+// may be a VIP left behind (a crash, then the prefix changed in the
+// config), which would answer for the VIP on a backup, but it may as well
+// be the host's own address, which lvsd must never delete.
 func (netlinkAddresser) remove(ifname string, addrs []netip.Prefix) error {
 	link, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return fmt.Errorf("looking up interface %q: %w", ifname, err)
 	}
+	var errs []error
+	for _, p := range addrs {
+		err := netlink.AddrDel(link, toAddr(p))
+		if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("removing %s from %s: %w", p, ifname, err))
+		}
+	}
 	present, err := netlink.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
-		return fmt.Errorf("listing addresses of %s: %w", ifname, err)
+		return errors.Join(append(errs, fmt.Errorf("listing addresses of %s: %w", ifname, err))...)
 	}
-	var errs []error
 	for _, p := range addrs {
 		for _, a := range present {
 			ip, ok := netip.AddrFromSlice(a.IP)
-			if !ok || ip.Unmap() != p.Addr().Unmap() {
-				continue
-			}
-			err := netlink.AddrDel(link, &a)
-			if err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("removing %s from %s: %w", a.IPNet, ifname, err))
+			if ones, _ := a.Mask.Size(); ok && ip.Unmap() == p.Addr().Unmap() && ones != p.Bits() {
+				errs = append(errs, fmt.Errorf("%s is on %s as %s, not the configured /%d: left in place (remove it by hand if it is a VIP left behind)",
+					p.Addr(), ifname, a.IPNet, p.Bits()))
 			}
 		}
 	}
