@@ -256,29 +256,37 @@ func TestHeartbeatVotesOnlyWithWitnesses(t *testing.T) {
 	}
 }
 
-// TestReplayedPastBootIsDropped: once a peer has restarted, heartbeats of
-// its past boot (a replayed capture) are dropped: they can neither keep a
-// dead peer alive nor fake its release.
-func TestReplayedPastBootIsDropped(t *testing.T) {
-	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"}}, discardLogger())
+// TestReplayedBootsCannotTakeOver: heartbeats of another boot of a peer
+// (the cipher has no replay protection) are taken as a restart only once
+// the current boot has been silent for dead_after, and a past boot only
+// with heartbeats newer than any it sent: a replay can neither lock the
+// live boot out, nor keep a dead peer alive, nor fake a release.
+func TestReplayedBootsCannotTakeOver(t *testing.T) {
+	n, err := New(Spec{Node: NodeSpec{Name: "a", Interface: "lo"},
+		Cluster: &ClusterSpec{Bind: "127.0.0.1:7946", Insecure: true, DeadAfter: 100 * time.Millisecond}}, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &engine{n: n, peers: map[string]*peerState{}, aliveSet: map[string]bool{}}
-	hb := func(boot, seq uint64, at time.Time, releasing bool) hbMsg {
-		return hbMsg{h: Heartbeat{Name: "b", Boot: boot, Seq: seq, Releasing: releasing}, at: at}
+	hb := func(boot, seq uint64, at time.Duration, releasing bool) {
+		e.handle(hbMsg{h: Heartbeat{Name: "b", Boot: boot, Seq: seq, Releasing: releasing}, at: t0.Add(at)})
 	}
-	e.handle(hb(1, 5, t0, false))
-	e.handle(hb(2, 1, t0.Add(time.Second), false))  // b restarted
-	e.handle(hb(1, 9, t0.Add(2*time.Second), true)) // a replay of boot 1
-	p := e.peers["b"]
-	if p.boot != 2 || p.seq != 1 || p.releasing || !p.lastSeen.Equal(t0.Add(time.Second)) {
-		t.Fatalf("after a replayed past boot: boot %d seq %d releasing %v last seen %v; want boot 2 as last heard", p.boot, p.seq, p.releasing, p.lastSeen)
+	want := func(step string, boot, seq uint64) {
+		t.Helper()
+		if p := e.peers["b"]; p.boot != boot || p.seq != seq || p.releasing {
+			t.Fatalf("%s: boot %d seq %d releasing %v, want boot %d seq %d", step, p.boot, p.seq, p.releasing, boot, seq)
+		}
 	}
-	e.handle(hb(3, 1, t0.Add(3*time.Second), false)) // a real restart is still taken
-	if p.boot != 3 {
-		t.Fatalf("a new boot was refused: boot %d", p.boot)
-	}
+	hb(7, 100, 0, false)
+	hb(99, 3, 10*time.Millisecond, true) // a replay while boot 7 is alive
+	hb(7, 101, 20*time.Millisecond, false)
+	want("a replay of an unknown boot while the peer is alive", 7, 101)
+	hb(8, 1, time.Second, false) // boot 7 silent: a real restart
+	want("a restart", 8, 1)
+	hb(7, 50, 3*time.Second, true) // boot 8 silent too, but this is boot 7's past
+	want("a replay of a past boot", 8, 1)
+	hb(7, 102, 4*time.Second, false) // newer than anything boot 7 sent: it is back
+	want("a past boot that is really back", 7, 102)
 }
 
 // TestTrackedStatesSurviveAFullInbox: a tracked state change is reported

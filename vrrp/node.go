@@ -516,7 +516,7 @@ type peerState struct {
 	graceUntil time.Time // see deathGrace
 	releasing  bool
 	readsV2    bool
-	retired    []uint64 // the peer's past boots (newest last), never accepted again
+	retired    map[uint64]uint64 // the peer's past boots and the last seq heard from each
 	groups     map[string]GroupView
 	digest     []byte
 }
@@ -768,18 +768,35 @@ func (e *engine) handle(m any) {
 		if p.boot == h.Boot && h.Seq <= p.seq && !p.lastSeen.IsZero() {
 			return // stale or reordered
 		}
-		if p.boot != h.Boot && slices.Contains(p.retired, h.Boot) {
-			// A boot the peer has left behind: a replayed capture (the
-			// cipher has no replay protection), which would keep a dead
-			// peer alive or fake a release.
-			n.log.Debug("dropping a heartbeat of a past boot of the peer", "peer", h.Name)
-			return
-		}
 		if p.boot != h.Boot && !p.lastSeen.IsZero() {
+			// Another boot of the peer. The cipher has no replay protection,
+			// so this may be a replayed capture, which could keep a dead peer
+			// alive, fake a release, or lock the live boot out. A real
+			// restart leaves the current boot silent first (a process
+			// start outlasts dead_after; reordered packets settle within
+			// it), and a past boot may only come back with heartbeats newer
+			// than any it sent before.
+			last, past := p.retired[h.Boot]
+			switch {
+			case m.at.Sub(p.lastSeen) < e.deadAfter():
+				n.log.Debug("dropping a heartbeat of another boot while the current one is alive", "peer", h.Name)
+				return
+			case past && h.Seq <= last:
+				n.log.Debug("dropping a replayed heartbeat of a past boot", "peer", h.Name)
+				return
+			}
 			n.log.Info("peer restarted", "peer", h.Name)
-			p.retired = append(p.retired, p.boot)
-			if len(p.retired) > maxRetiredBoots {
-				p.retired = p.retired[1:]
+			if p.retired == nil {
+				p.retired = map[uint64]uint64{}
+			}
+			p.retired[p.boot] = p.seq
+			if len(p.retired) > maxRetiredBoots { // forget one, any: a bound, not an order
+				for b := range p.retired {
+					if b != p.boot {
+						delete(p.retired, b)
+						break
+					}
+				}
 			}
 		}
 		changed := p.boot != h.Boot || p.releasing != h.Releasing || !maps.Equal(p.groups, h.Groups) || !e.aliveSet[h.Name]
