@@ -538,6 +538,7 @@ type groupRT struct {
 	// the group is in fault until addrRetry, then tries again.
 	addrErr   error
 	addrRetry time.Time
+	addrFails int // consecutive failed takeovers, for the back-off
 	prio      uint8
 	fault     bool
 }
@@ -867,9 +868,22 @@ func (e *engine) addrRetryDue(now time.Time) bool {
 	return false
 }
 
-// addrRetryAfter is how long a group whose addresses could not be added
-// stays in fault before it tries again.
-const addrRetryAfter = 2 * time.Second
+// addrBackoff is how long a group whose addresses could not be added fails
+// times in a row stays in fault before it may try again: 2 s, doubling, at
+// most a minute.
+func addrBackoff(fails int) time.Duration {
+	return min(2*time.Second<<min(max(fails-1, 0), 5), time.Minute)
+}
+
+// peerClaims reports whether a live peer holds group.
+func (e *engine) peerClaims(group string) bool {
+	for name, alive := range e.aliveSet {
+		if p := e.peers[name]; alive && p != nil && p.groups[group].Claim {
+			return true
+		}
+	}
+	return false
+}
 
 // maxRetiredBoots bounds the past boots remembered per peer.
 const maxRetiredBoots = 16
@@ -997,11 +1011,16 @@ func (e *engine) evaluate(now time.Time) {
 	}
 	for _, g := range e.groups {
 		prio, fault, why := effective(g.spec, n.scripts, e.ts, g.override)
+		if g.addrErr != nil && !now.Before(g.addrRetry) && e.peerClaims(g.spec.Name) {
+			// A live peer holds the group: retrying would take it away
+			// (preemption) only to fail again. Stay in fault, back off.
+			g.addrRetry = now.Add(addrBackoff(g.addrFails))
+		}
 		if g.addrErr != nil {
 			if now.Before(g.addrRetry) {
 				fault, why = true, "cannot add its addresses: "+g.addrErr.Error()
 			} else {
-				g.addrErr = nil // try again
+				g.addrErr = nil // nobody holds it: try again
 			}
 		}
 		g.prio, g.fault = prio, fault
@@ -1062,14 +1081,16 @@ func (e *engine) apply(g *groupRT, d Decision, now time.Time) {
 			// Claiming without the addresses would black-hole the group
 			// (peers defer to a claim): fault now, so a peer takes it, and
 			// try again in a while.
-			lg.Error("taking addresses failed: group in fault, trying again", "err", err, "in", addrRetryAfter)
+			lg.Error("taking addresses failed: group in fault, trying again when no peer holds it", "err", err, "in", addrBackoff(g.addrFails+1))
 			if rerr := n.addrs.remove(g.spec.Interface, g.spec.Addresses); rerr != nil {
 				lg.Debug("removing what was added", "err", rerr)
 			}
-			g.addrErr, g.addrRetry = err, now.Add(addrRetryAfter)
+			g.addrFails++
+			g.addrErr, g.addrRetry = err, now.Add(addrBackoff(g.addrFails))
 			e.dirty = true
 			return
 		}
+		g.addrFails = 0
 		g.claiming = true
 		actx, cancel := context.WithCancel(context.Background())
 		g.annCancel, g.annKick = cancel, make(chan struct{}, 1)

@@ -354,3 +354,35 @@ func TestAddressFailureIsFault(t *testing.T) {
 		t.Fatalf("address ops %q: the retry never added the address", got)
 	}
 }
+
+// TestAddressFailureDoesNotPreempt: a group whose addresses failed does not
+// retry (and so take the group from a live owner only to fail again) while
+// a peer holds it: it stays in fault and backs off, 2 s doubling to 1 min.
+func TestAddressFailureDoesNotPreempt(t *testing.T) {
+	for fails, want := range map[int]time.Duration{1: 2 * time.Second, 2: 4 * time.Second, 5: 32 * time.Second, 6: time.Minute, 40: time.Minute} {
+		if got := addrBackoff(fails); got != want {
+			t.Errorf("addrBackoff(%d) = %v, want %v", fails, got, want)
+		}
+	}
+	spec := Spec{Node: NodeSpec{Name: "a", Interface: "lo"},
+		Cluster: &ClusterSpec{Bind: "127.0.0.1:7946", Insecure: true, DeadAfter: 100 * time.Millisecond},
+		Groups:  []GroupSpec{{Name: "web", Addresses: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/32")}, Priority: 200, Preempt: true}}}
+	n, err := New(spec, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.send = func([]byte) {}
+	n.addrs, n.announcer = &fakeAddrs{}, &fakeAnnouncer{}
+	n.queue, n.notes["web"] = newSerialQueue(), newSerialQueue()
+	defer n.queue.close(context.Background())
+	defer n.notes["web"].close(context.Background())
+	g := &groupRT{spec: &n.spec.Groups[0], role: RoleFault, addrErr: errors.New("operation not permitted"), addrRetry: t0, addrFails: 1}
+	e := &engine{n: n, groups: []*groupRT{g},
+		ts:       trackState{links: map[string]bool{"lo": true}, scripts: map[string]bool{}, services: map[string]bool{}},
+		peers:    map[string]*peerState{"b": {lastSeen: t0, groups: map[string]GroupView{"web": cand(100, true)}}},
+		aliveSet: map[string]bool{"b": true}}
+	e.evaluate(t0.Add(time.Millisecond))
+	if g.claiming || g.role != RoleFault || g.addrErr == nil || !g.addrRetry.After(t0.Add(time.Second)) {
+		t.Fatalf("with a live owner: claiming %v role %v retry at %v; want fault, no takeover, retry pushed back", g.claiming, g.role, g.addrRetry.Sub(t0))
+	}
+}
