@@ -19,6 +19,7 @@ import (
 	rtmetrics "runtime/metrics"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
@@ -81,6 +82,9 @@ type engine struct {
 	overrides map[string]groupOverride
 	reqs      chan func()
 	loopCtx   context.Context
+	// lastRefusedLog rate-limits the warning about refused peer records
+	// (memberlist's goroutines merge them).
+	lastRefusedLog atomic.Int64
 	// repeated remembers the last error logged per subject, so a write the
 	// kernel keeps refusing is logged once, not at every retry.
 	repeated map[string]string

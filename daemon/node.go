@@ -108,9 +108,16 @@ func (e *engine) mergeRemote(data []byte) {
 		e.log.Warn("ignoring malformed operator state from a peer", "err", err)
 		return
 	}
+	refused := e.store.Refused()
 	changed, err := e.store.Merge(recs)
 	if err != nil {
 		e.log.Error("persist operator state from a peer", "err", err)
+	}
+	if n := e.store.Refused() - refused; n > 0 {
+		if now := time.Now().UnixNano(); now-e.lastRefusedLog.Load() > int64(time.Minute) {
+			e.lastRefusedLog.Store(now) // once a minute: every state exchange repeats them
+			e.log.Warn("refused operator records from a peer: malformed, or stamped more than an hour ahead (check the peers' clocks)", "records", n)
+		}
 	}
 	if len(changed) == 0 {
 		return

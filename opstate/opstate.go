@@ -83,6 +83,7 @@ type Store struct {
 	now     func() time.Time
 	last    int64 // highest wall time seen, so local writes sort after it
 	records map[Key]Record
+	refused uint64 // peer records refused by Merge, for the daemon to report
 	// bySvc indexes records by service: a reload asks for the records of
 	// each service it touches, and a scan of every record per service would
 	// make a reload of 10,000 services with many records take minutes.
@@ -161,9 +162,15 @@ func (s *Store) Put(r Record) (Record, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	wall := max(s.now().UnixNano(), s.last+1)
-	r.Version = Version{Wall: wall, Node: s.node}
+	// After the key's current version only: last-writer-wins is per key,
+	// and a record once stamped far ahead (a clock fixed since) must not
+	// drag every later local change past what peers accept.
 	prev, had := s.records[r.Key()]
+	wall := s.now().UnixNano()
+	if had {
+		wall = max(wall, prev.Version.Wall+1)
+	}
+	r.Version = Version{Wall: wall, Node: s.node}
 	s.setLocked(r)
 	if err := s.persistLocked(); err != nil {
 		if had {
@@ -187,6 +194,7 @@ func (s *Store) Merge(recs []Record) ([]Key, error) {
 		if r.Service == "" || !r.Backend.IsValid() || r.Version.Wall > s.now().Add(maxSkew).UnixNano() {
 			// A peer's bad record must not poison ours; one stamped far in
 			// the future would win every later local change.
+			s.refused++
 			continue
 		}
 		k := r.Key()
@@ -204,6 +212,14 @@ func (s *Store) Merge(recs []Record) ([]Key, error) {
 		return changed, err
 	}
 	return changed, nil
+}
+
+// Refused counts the peer records Merge has refused (malformed, or stamped
+// more than maxSkew ahead: that peer's clock is wrong).
+func (s *Store) Refused() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
 }
 
 // Records returns every record, sorted by key.

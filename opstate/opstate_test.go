@@ -212,3 +212,42 @@ func TestMergeRefusesFutureRecords(t *testing.T) {
 		t.Fatal("a record stamped in 2262 was merged")
 	}
 }
+
+// TestPutStampsPerKey: a record stamped while this director's clock ran
+// ahead does not drag later changes of other backends past what peers
+// accept once the clock is fixed; the same backend still sorts after its
+// own last write. Refused peer records are counted.
+func TestPutStampsPerKey(t *testing.T) {
+	now := time.Unix(1_790_000_000, 0)
+	clock := now.Add(2 * time.Hour) // the clock runs ahead at first
+	s, err := Open("a", "", WithClock(func() time.Time { return clock }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead, err := s.Put(Record{Service: "web", Backend: rs1, Admin: Drained})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = now // NTP fixed it
+	other, err := s.Put(Record{Service: "web", Backend: rs2, Admin: Drained})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Version.Wall != now.UnixNano() {
+		t.Errorf("another backend's change stamped %v, want now", time.Unix(0, other.Version.Wall).Sub(now))
+	}
+	same, err := s.Put(Record{Service: "web", Backend: rs1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ahead.Version.Less(same.Version) {
+		t.Errorf("a later change of the same backend (%d) does not sort after its earlier one (%d)", same.Version.Wall, ahead.Version.Wall)
+	}
+	peer, _ := Open("b", "", WithClock(func() time.Time { return now }))
+	if _, err := peer.Merge([]Record{ahead, other}); err != nil {
+		t.Fatal(err)
+	}
+	if peer.Refused() != 1 {
+		t.Errorf("peer refused %d records, want 1 (the one stamped two hours ahead)", peer.Refused())
+	}
+}
