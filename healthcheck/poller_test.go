@@ -60,13 +60,8 @@ func tcpIn(rt *tcpRuntime, s Spec) *tcpChecker {
 
 func TestPollerWait(t *testing.T) {
 	p := testPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go acceptForever(ln, nil)
-	up := targetOf(t, ln.Addr())
+	upAddr := acceptingListener(t)
+	up := targetOf(t, upAddr)
 	never := make(chan struct{})
 	noErr := func() error { return nil }
 
@@ -107,13 +102,8 @@ func TestPollerWait(t *testing.T) {
 // own outcome, exactly once.
 func TestPollerManyConcurrent(t *testing.T) {
 	p := testPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go acceptForever(ln, nil)
-	up, refused, hang := targetOf(t, ln.Addr()), closedPort(t), fullBacklog(t)
+	upAddr := acceptingListener(t)
+	up, refused, hang := targetOf(t, upAddr), closedPort(t), fullBacklog(t)
 	never := make(chan struct{})
 	noErr := func() error { return nil }
 
@@ -167,13 +157,8 @@ func TestPollerManyConcurrent(t *testing.T) {
 // finished by the earlier registration.
 func TestPollerStaleEvent(t *testing.T) {
 	p := testPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go acceptForever(ln, nil)
-	up := targetOf(t, ln.Addr())
+	upAddr := acceptingListener(t)
+	up := targetOf(t, upAddr)
 	for range 50 {
 		results := make(chan error, 2)
 		op := &connOp{done: func(_ *connOp, err error) { results <- err }}
@@ -205,12 +190,7 @@ func TestPollerStaleEvent(t *testing.T) {
 // the same reasons as Check's.
 func TestTCPStartCheck(t *testing.T) {
 	rt := testRuntime(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go acceptForever(ln, nil)
+	upAddr := acceptingListener(t)
 	for _, c := range []struct {
 		name    string
 		tg      Target
@@ -218,7 +198,7 @@ func TestTCPStartCheck(t *testing.T) {
 		ok      bool
 		reason  string
 	}{
-		{"up", targetOf(t, ln.Addr()), 5 * time.Second, true, ""},
+		{"up", targetOf(t, upAddr), 5 * time.Second, true, ""},
 		{"refused", closedPort(t), 5 * time.Second, false, "connect refused"},
 		{"timeout", fullBacklog(t), 150 * time.Millisecond, false, "timeout after 150ms"},
 		{"bad source", Target{Addr: netip.MustParseAddr("::1"), Port: 1}, 5 * time.Second, false, "source 127.0.0.1 and target ::1 are of different address families"},
@@ -355,4 +335,17 @@ func TestTCPSocketReuse(t *testing.T) {
 			t.Fatalf("server saw %d connections, want 16", i)
 		}
 	}
+}
+
+// acceptingListener listens on loopback and accepts (and closes) every
+// connection until the test ends; it returns the address.
+func acceptingListener(t *testing.T) net.Addr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go acceptForever(ln, nil)
+	return ln.Addr()
 }
